@@ -1,0 +1,221 @@
+"""The `bertrec` command: serve, ingest, recommend, stats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bertrec.config import load_config
+    from bertrec.server.app import serve
+
+    config = load_config(
+        args.config,
+        overrides={
+            "server": {"host": args.host, "port": args.port},
+            "store": {"data_dir": args.data_dir, "load_demo": False if args.no_demo else None},
+            "model": {"path": args.model, "device": args.device},
+            "workers": {"replicas": args.replicas, "ray_address": args.ray_address},
+            "index": {"factory": args.index},
+            "auth": {"token": args.token},
+        },
+    )
+    asyncio.run(serve(config, ready_file=args.ready_file))
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from bertrec.client import Client
+
+    return Client(args.target, token=args.token, timeout_s=args.timeout)
+
+
+def _read_records(path: Path) -> Iterator[dict[str, Any]]:
+    if path.suffix in (".jsonl", ".ndjson"):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+    else:
+        with open(path, newline="", encoding="utf-8") as fh:
+            yield from csv.DictReader(fh)
+
+
+def _items_from(path: Path) -> Iterator[dict[str, Any]]:
+    """Generic rows (id, text, metadata) or MovieLens movies.csv (movieId, title, genres)."""
+    if path.name == "movies.csv":
+        from bertrec.movielens import read_movies
+
+        for item in read_movies(path.parent):
+            yield {"id": item.id, "text": item.text, "metadata": item.metadata}
+        return
+    for row in _read_records(path):
+        metadata = row.get("metadata") or {}
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata) if metadata.strip() else {}
+        yield {"id": int(row["id"]), "text": row["text"], "metadata": metadata}
+
+
+def _interactions_from(path: Path) -> Iterator[dict[str, Any]]:
+    """Generic rows (user_id, item_id, timestamp, weight) or MovieLens ratings.csv."""
+    if path.name == "ratings.csv":
+        from bertrec.movielens import read_ratings
+
+        for x in read_ratings(path.parent):
+            yield {"user_id": x.user_id, "item_id": x.item_id, "timestamp": x.timestamp, "weight": x.weight}
+        return
+    for row in _read_records(path):
+        yield {
+            "user_id": str(row["user_id"]),
+            "item_id": int(row["item_id"]),
+            "timestamp": float(row.get("timestamp") or 0.0),
+            "weight": float(row.get("weight") or 1.0),
+        }
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    with _client(args) as client:
+        if args.items:
+            items = list(_items_from(Path(args.items)))
+            summary = None
+            with tqdm(total=len(items), desc="items", unit="item") as bar:
+                for start in range(0, len(items), args.batch_size * 8):
+                    part = items[start : start + args.batch_size * 8]
+                    s = client.upsert_items(part, batch_size=args.batch_size)
+                    summary = s if summary is None else type(s)(*(a + b for a, b in zip(
+                        (summary.received, summary.inserted, summary.updated, summary.unchanged, summary.encoded),
+                        (s.received, s.inserted, s.updated, s.unchanged, s.encoded))))
+                    bar.update(len(part))
+            print(f"items: {summary}")
+        if args.interactions:
+            rows = list(_interactions_from(Path(args.interactions)))
+            with tqdm(total=len(rows), desc="interactions", unit="row") as bar:
+                for start in range(0, len(rows), 5000):
+                    client.record_interactions(rows[start : start + 5000])
+                    bar.update(len(rows[start : start + 5000]))
+            print(f"interactions: {len(rows)} recorded")
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    filters = dict(f.split("=", 1) for f in args.filter or [])
+    with _client(args) as client:
+        results = list(client.recommend(
+            args.user, history=args.history, text=args.text, k=args.k, filters=filters,
+            diversity=args.diversity, include_items=True,
+        ))
+        because_ids = sorted({r.because_item_id for r in results if r.because_item_id})
+        because = {i.id: i for i in client.get_items(because_ids)} if because_ids else {}
+    if args.json:
+        print(json.dumps([
+            {
+                "rank": r.rank, "item_id": r.item_id, "score": round(r.score, 5),
+                "text": r.item.text if r.item else "", "metadata": r.item.metadata if r.item else {},
+                "because_item_id": r.because_item_id,
+                "because_text": because[r.because_item_id].text if r.because_item_id in because else "",
+            }
+            for r in results
+        ], indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'rank':>4}  {'score':>6}  {'item':>8}  {'title':<48}  because you liked")
+    for r in results:
+        text = (r.item.text if r.item else "")[:48]
+        reason = because[r.because_item_id].text[:40] if r.because_item_id in because else ""
+        print(f"{r.rank:>4}  {r.score:6.3f}  {r.item_id:>8}  {text:<48}  {reason}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    with _client(args) as client:
+        info = client.info()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(info), indent=2))
+        return 0
+    print(f"model {info.model} (dim {info.dim}), bertrec {info.version}")
+    print(f"index {info.index_type} on {info.index_device}: {info.index_size} vectors")
+    print(f"catalogue {info.item_count} items, {info.user_count} users, {info.interaction_count} interactions")
+    print(f"user cache hit rate {info.user_cache_hit_rate:.1%}, store version {info.store_version}")
+    for r in info.replicas:
+        state = "healthy" if r.healthy else "DOWN"
+        print(f"  replica {r.name} on {r.device} ({state}): {r.encoded_texts} texts, "
+              f"mean batch {r.mean_batch_size:.1f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertrec", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC service (no flags: local demo on the bundled catalogue)")
+    serve.add_argument("--config", help="TOML file (sections as in bertrec.config)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir")
+    serve.add_argument("--model", help="local Hugging Face checkpoint folder (default: packaged MiniLM)")
+    serve.add_argument("--device", help="auto, cpu, cuda")
+    serve.add_argument("--replicas", type=int, help="encoder replicas (default: one per GPU, else per core)")
+    serve.add_argument("--ray-address", help="join an existing Ray cluster (auto or host:port)")
+    serve.add_argument("--index", help="FAISS factory string (Flat, HNSW32, IVF1024,Flat ...)")
+    serve.add_argument("--token", help="require this bearer token")
+    serve.add_argument("--no-demo", action="store_true", help="do not load the demo catalogue into an empty store")
+    serve.add_argument("--ready-file", help="write the bound port here once SERVING")
+    serve.set_defaults(func=_serve)
+
+    def client_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", default=DEFAULT_TARGET, help="server HOST:PORT")
+        p.add_argument("--token")
+        p.add_argument("--timeout", type=float, default=30.0)
+
+    ingest = sub.add_parser("ingest", help="stream items and/or interactions from CSV or JSONL")
+    client_flags(ingest)
+    ingest.add_argument("--items", help="CSV/JSONL with id,text[,metadata] or MovieLens movies.csv")
+    ingest.add_argument("--interactions", help="CSV/JSONL with user_id,item_id[,timestamp,weight] or ratings.csv")
+    ingest.add_argument("--batch-size", type=int, default=256)
+    ingest.set_defaults(func=_ingest)
+
+    rec = sub.add_parser("recommend", help="print recommendations for a user, history or text")
+    client_flags(rec)
+    rec.add_argument("--user")
+    rec.add_argument("--history", type=int, nargs="*")
+    rec.add_argument("--text")
+    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--filter", action="append", help="metadata equality, KEY=VALUE (repeatable)")
+    rec.add_argument("--diversity", type=float, default=0.0)
+    rec.add_argument("--json", action="store_true")
+    rec.set_defaults(func=_recommend)
+
+    stats = sub.add_parser("stats", help="model, replicas, index and catalogue sizes")
+    client_flags(stats)
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bertrec.errors import BertrecError
+
+    try:
+        return args.func(args)
+    except BertrecError as exc:
+        print(f"error ({type(exc).__name__}): {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

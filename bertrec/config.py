@@ -1,0 +1,200 @@
+"""The one frozen configuration tree: defaults < TOML file < BERTREC_* environment < CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "BERTREC_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 to accept remote callers."""
+    port: int = 50051
+    """Port to bind; 0 picks a free one."""
+    max_k: int = 1000
+    """Largest `k` a Recommend request may ask for."""
+    default_candidate_pool_size: int = 200
+    """Nearest neighbours fetched before filtering and re-ranking, unless the request says otherwise."""
+    max_candidate_pool_size: int = 5000
+    max_text_chars: int = 10_000
+    """Longest item or query text accepted (characters); longer is INVALID_ARGUMENT, not truncated."""
+    max_items_per_request: int = 10_000
+    """Items, ids, texts or interactions in one message."""
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_history: int = 50
+    """Most recent interactions that form a user's vector."""
+    history_half_life: float = 20.0
+    """Recency weighting of the history, in interactions: the n-th most recent counts 0.5**(n/half_life)."""
+    chunk_size: int = 10
+    """Results per streamed message unless the request says otherwise."""
+    grace_s: float = 10.0
+    """How long SIGTERM waits for in-flight streams."""
+    user_cache_size: int = 100_000
+    snapshot_interval_s: float = 30.0
+    """How often a changed index is snapshotted to disk (it is also saved on shutdown)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""
+    """Local Hugging Face checkpoint folder; empty = the packaged all-MiniLM-L6-v2."""
+    max_length: int = 128
+    """Token cap per text; batches pad only to their longest member."""
+    device: str = "auto"
+    """auto = cuda when visible, else cpu. Resolved inside each replica."""
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    replicas: int = 0
+    """Encoder replicas; 0 = one per visible GPU, or one per CPU core (at most 2) without GPUs."""
+    cpus_per_replica: float = 1.0
+    """Ray CPU resource per CPU replica; also its torch thread count (at least 1)."""
+    ray_address: str = ""
+    """Empty = start a local Ray; "auto" or host:port joins an existing cluster."""
+    ray_num_cpus: int = 0
+    """CPUs a local Ray may use; 0 = all."""
+    namespace: str = "bertrec"
+    max_batch_size: int = 64
+    max_wait_s: float = 0.005
+    """How long a non-empty batch waits for company; a lone request on an idle replica never waits."""
+    max_queue: int = 4096
+    """Texts queued per replica before callers get RESOURCE_EXHAUSTED."""
+    max_retries: int = 3
+    """Times a request is re-sent when its replica dies."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    factory: str = "Flat"
+    """FAISS factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ32 ..."""
+    nprobe: int = 16
+    """IVF lists visited per query."""
+    ef_search: int = 64
+    """HNSW search breadth."""
+    use_gpu: str = "auto"
+    """auto = GPU index when faiss has GPU support and GPUs are visible; "no" to force CPU."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    data_dir: str = "./bertrec-data"
+    """Folder of the SQLite store and the index snapshot."""
+    load_demo: bool = True
+    """Ingest the bundled MovieLens-small catalogue when the store is empty."""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    token: str = ""
+    """Shared bearer token; empty = no token check."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    """When set, callers must present a certificate signed by this CA (mutual TLS)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out["auth"]["token"]:
+            out["auth"]["token"] = "***"
+        return out
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    kind = kind if isinstance(kind, type) else {"int": int, "float": float, "bool": bool, "str": str}[kind]
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        if kind is bool:
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{where}: expected a boolean, got {value!r}")
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _apply(config: Config, overrides: Mapping[str, Mapping[str, Any]], source: str) -> Config:
+    sections = {f.name: f for f in fields(Config)}
+    updated: dict[str, Any] = {}
+    for section_name, values in overrides.items():
+        if section_name not in sections:
+            raise ValueError(f"{source}: unknown section [{section_name}]")
+        section = getattr(config, section_name)
+        known = {f.name: f for f in fields(section)}
+        changes = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ValueError(f"{source}: unknown setting {section_name}.{key}")
+            changes[key] = _coerce(value, known[key].type, f"{source} {section_name}.{key}")
+        updated[section_name] = replace(section, **changes)
+    return replace(config, **updated)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for section in fields(Config):
+        for setting in fields(section.default_factory()):  # type: ignore[misc]
+            name = f"{ENV_PREFIX}{section.name}_{setting.name}".upper()
+            if name in environ:
+                out.setdefault(section.name, {})[setting.name] = environ[name]
+    return out
+
+
+def load_config(
+    toml_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build the effective config. `overrides` are CLI flags as {section: {setting: value}}."""
+    config = Config()
+    environ = os.environ if environ is None else environ
+    toml_path = toml_path or environ.get(f"{ENV_PREFIX}CONFIG")
+    if toml_path:
+        with open(toml_path, "rb") as fh:
+            config = _apply(config, tomllib.load(fh), str(toml_path))
+    config = _apply(config, _env_overrides(environ), "environment")
+    if overrides:
+        cleaned = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
+        config = _apply(config, cleaned, "flags")
+    validate_config(config)
+    return config
+
+
+def validate_config(config: Config) -> None:
+    s = config.server
+    if not 0 <= s.port <= 65535:
+        raise ValueError(f"server.port {s.port} is out of range")
+    if s.max_k < 1 or s.default_candidate_pool_size < 1:
+        raise ValueError("server.max_k and server.default_candidate_pool_size must be positive")
+    if s.max_candidate_pool_size < s.default_candidate_pool_size:
+        raise ValueError("server.max_candidate_pool_size is below the default pool size")
+    w = config.workers
+    if w.replicas < 0 or w.max_batch_size < 1 or w.max_queue < 1 or w.max_wait_s < 0:
+        raise ValueError("workers: replicas >= 0, max_batch_size >= 1, max_queue >= 1, max_wait_s >= 0")
+    if bool(config.auth.tls_cert) != bool(config.auth.tls_key):
+        raise ValueError("auth.tls_cert and auth.tls_key go together")

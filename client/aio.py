@@ -1,0 +1,220 @@
+"""AsyncClient: the asyncio SDK, same methods as Client; streams are async iterators."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
+
+import grpc
+
+from bertrec import convert
+from bertrec.client import _build as b
+from bertrec.client.sync import MAX_MESSAGE_BYTES
+from bertrec.errors import DeadlineExceeded
+from bertrec.types import (
+    DeleteSummary,
+    Interaction,
+    Item,
+    RecommendQuery,
+    ScoredItem,
+    ServiceInfo,
+    UpsertSummary,
+)
+from bertrec.v1 import recommender_pb2 as pb
+from bertrec.v1 import recommender_pb2_grpc as pb_grpc
+
+
+class AsyncClient:
+    """See `Client`; create it inside a running event loop and `await close()` (or `async with`)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 3,
+        initial_backoff_s: float = 0.1,
+    ):
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls or root_certificates or client_cert:
+            creds = b.channel_credentials(root_certificates, client_cert, client_key)
+            self._channel = grpc.aio.secure_channel(target, creds, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=options)
+        self.target = target
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.initial_backoff_s = initial_backoff_s
+        self._metadata = b.call_metadata(token)
+        self._recommender = pb_grpc.RecommenderStub(self._channel)
+        self._catalog = pb_grpc.CatalogStub(self._channel)
+        self._embedder = pb_grpc.EmbedderStub(self._channel)
+        self._admin = pb_grpc.AdminStub(self._channel)
+        self._health = self._channel.unary_unary(b.HEALTH_CHECK)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, invoke: Callable[[float], Any], timeout_s: float | None, replayable: bool = True) -> Any:
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        backoff = self.initial_backoff_s
+        for attempt in range(self.max_retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return await invoke(remaining)
+            except grpc.RpcError as error:
+                wait = backoff * (0.5 + random.random())
+                if (not replayable or error.code() != grpc.StatusCode.UNAVAILABLE
+                        or attempt >= self.max_retries or deadline - time.monotonic() <= wait):
+                    raise b.translate(error) from None
+                await asyncio.sleep(wait)
+                backoff *= 2
+        raise DeadlineExceeded("deadline passed while retrying an unavailable server")
+
+    async def _unary(self, method: Callable, request: Any, timeout_s: float | None) -> Any:
+        return await self._call(lambda t: method(request, timeout=t, metadata=self._metadata), timeout_s)
+
+    async def _server_stream(self, method: Callable, request: Any, timeout_s: float | None) -> AsyncIterator[Any]:
+        # Retry only until the first message arrived; from then on errors reach the caller.
+        async def first(t: float):
+            call = method(request, timeout=t, metadata=self._metadata)
+            iterator = call.__aiter__()
+            try:
+                return iterator, await iterator.__anext__()
+            except StopAsyncIteration:
+                return iterator, None
+
+        iterator, response = await self._call(first, timeout_s)
+        if response is None:
+            return
+        yield response
+        try:
+            async for response in iterator:
+                yield response
+        except grpc.RpcError as error:
+            raise b.translate(error) from None
+
+    async def recommend(
+        self,
+        user_id: str | int | None = None,
+        *,
+        history: Sequence[int] | None = None,
+        text: str | None = None,
+        k: int = 10,
+        candidate_pool_size: int = 0,
+        exclude_seen: bool = True,
+        filters: Mapping[str, Any] | None = None,
+        diversity: float = 0.0,
+        include_items: bool = False,
+        chunk_size: int = 0,
+        exclude_item_ids: Sequence[int] = (),
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[ScoredItem]:
+        request = b.recommend_request(
+            user_id=user_id, history=history, text=text, k=k, candidate_pool_size=candidate_pool_size,
+            exclude_seen=exclude_seen, filters=filters, diversity=diversity, include_items=include_items,
+            chunk_size=chunk_size, exclude_item_ids=exclude_item_ids,
+        )
+        async for response in self._server_stream(self._recommender.Recommend, request, timeout_s):
+            for scored in response.items:
+                yield convert.scored_from_pb(scored)
+
+    async def recommend_many(
+        self, queries: Iterable[RecommendQuery], timeout_s: float | None = None
+    ) -> AsyncIterator[tuple[str, list[ScoredItem]]]:
+        pending: dict[str, list[ScoredItem]] = {}
+        call = self._recommender.RecommendStream(
+            (convert.recommend_query_to_pb(q) for q in queries),
+            timeout=timeout_s or self.timeout_s,
+            metadata=self._metadata,
+        )
+        try:
+            async for response in call:
+                results = pending.setdefault(response.request_id, [])
+                results.extend(convert.scored_from_pb(s) for s in response.items)
+                if response.last:
+                    yield response.request_id, pending.pop(response.request_id)
+        except grpc.RpcError as error:
+            raise b.translate(error) from None
+
+    async def rerank(
+        self,
+        user_id: str | int | None = None,
+        *,
+        history: Sequence[int] | None = None,
+        text: str | None = None,
+        item_ids: Sequence[int] | None = None,
+        texts: Sequence[str] | None = None,
+        diversity: float = 0.0,
+        include_items: bool = False,
+        chunk_size: int = 0,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[ScoredItem]:
+        request = b.rerank_request(
+            user_id=user_id, history=history, text=text, item_ids=item_ids, texts=texts, diversity=diversity,
+            include_items=include_items, chunk_size=chunk_size,
+        )
+        async for response in self._server_stream(self._recommender.Rerank, request, timeout_s):
+            for scored in response.items:
+                yield convert.scored_from_pb(scored)
+
+    async def upsert_items(
+        self, items: Iterable[Item | Mapping[str, Any]], batch_size: int = 256, timeout_s: float | None = None
+    ) -> UpsertSummary:
+        async def invoke(t: float):
+            return await self._catalog.UpsertItems(
+                b.upsert_messages(items, batch_size), timeout=t, metadata=self._metadata
+            )
+
+        response = await self._call(invoke, timeout_s or max(self.timeout_s, 600.0), isinstance(items, Sequence))
+        return convert.upsert_summary_from_pb(response)
+
+    async def delete_items(self, item_ids: Sequence[int], timeout_s: float | None = None) -> DeleteSummary:
+        request = pb.DeleteItemsRequest(item_ids=list(item_ids))
+        response = await self._unary(self._catalog.DeleteItems, request, timeout_s)
+        return DeleteSummary(response.deleted, tuple(response.missing_item_ids))
+
+    async def get_items(self, item_ids: Sequence[int], timeout_s: float | None = None) -> list[Item]:
+        response = await self._unary(self._catalog.GetItems, pb.GetItemsRequest(item_ids=list(item_ids)), timeout_s)
+        return [convert.item_from_pb(i) for i in response.items]
+
+    async def record_interactions(
+        self, interactions: Iterable[Interaction | Mapping[str, Any]], timeout_s: float | None = None
+    ) -> int:
+        request = b.interactions_request(interactions)
+        return (await self._unary(self._catalog.RecordInteractions, request, timeout_s)).recorded
+
+    async def forget_user(self, user_id: str | int, timeout_s: float | None = None) -> int:
+        request = pb.ForgetUserRequest(user_id=str(user_id))
+        return (await self._unary(self._catalog.ForgetUser, request, timeout_s)).deleted_interactions
+
+    async def encode(self, texts: Sequence[str], timeout_s: float | None = None) -> list[list[float]]:
+        response = await self._unary(self._embedder.Encode, pb.EncodeRequest(texts=list(texts)), timeout_s)
+        return [list(v.values) for v in response.vectors]
+
+    async def info(self, timeout_s: float | None = None) -> ServiceInfo:
+        return convert.info_from_pb(await self._unary(self._admin.Info, pb.InfoRequest(), timeout_s))
+
+    async def is_serving(self, timeout_s: float = 2.0) -> bool:
+        try:
+            return b.health_status(await self._health(b"", timeout=timeout_s)) == b.SERVING
+        except grpc.RpcError:
+            return False

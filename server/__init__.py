@@ -1,0 +1,1 @@
+"""The gRPC front end: validate, encode, retrieve, filter, re-rank, stream."""

@@ -1,0 +1,153 @@
+"""Catalog: keeps the FAISS index in step with the store (writes, snapshots, rebuilds)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from bertrec.config import IndexConfig
+from bertrec.store import Store
+from bertrec.store.sqlite import text_hash
+from bertrec.types import DeleteSummary, Item, UpsertSummary
+from bertrec.workers.index import FaissIndex
+
+logger = logging.getLogger(__name__)
+
+ENCODE_CHUNK = 1024  # texts per encode call during rebuilds, so progress is visible
+
+
+class TextEncoder(Protocol):
+    dim: int
+
+    async def encode(self, texts: list[str], deadline: float | None = None) -> np.ndarray: ...
+
+
+class Catalog:
+    """Writes go store first (durable), then index, under one lock, so a snapshot taken under
+    the same lock matches exactly one store version. Item vectors are stored with the item and
+    recomputed only when its text (or the model) changes.
+    """
+
+    def __init__(self, store: Store, encoder: TextEncoder, model_fingerprint: str, index_config: IndexConfig,
+                 data_dir: str | Path):
+        self.store = store
+        self.encoder = encoder
+        self.model = model_fingerprint
+        self.index_config = index_config
+        self.snapshot_dir = Path(data_dir) / "index"
+        self.index: FaissIndex | None = None
+        self._write_lock = asyncio.Lock()
+        self._snapshot_version = -1
+
+    def _new_index(self) -> FaissIndex:
+        c = self.index_config
+        return FaissIndex(self.encoder.dim, c.factory, nprobe=c.nprobe, ef_search=c.ef_search, use_gpu=c.use_gpu)
+
+    async def open(self) -> None:
+        """Encode items that lack a vector for this model, then load the snapshot or rebuild."""
+        await self._encode_missing()
+        version = await asyncio.to_thread(self.store.version)
+        meta = FaissIndex.snapshot_meta(self.snapshot_dir)
+        if meta and meta.get("version") == version and meta.get("model") == self.model \
+                and meta.get("factory") == self.index_config.factory:
+            c = self.index_config
+            self.index = await asyncio.to_thread(
+                FaissIndex.load, self.snapshot_dir, c.nprobe, c.ef_search, c.use_gpu
+            )
+            self._snapshot_version = version
+            logger.info("index snapshot loaded: %d items (store version %d)", len(self.index), version)
+            return
+        logger.info("index snapshot %s store version %d: rebuilding",
+                    "absent for" if meta is None else "does not match", version)
+        await self.rebuild()
+
+    async def _encode_missing(self) -> None:
+        from tqdm import tqdm
+
+        missing = await asyncio.to_thread(self.store.items_without_vector, self.model)
+        if not missing:
+            return
+        logger.info("encoding %d items that have no vector for model %s", len(missing), self.model)
+        with tqdm(total=len(missing), desc="encoding catalogue", unit="item") as bar:
+            for start in range(0, len(missing), ENCODE_CHUNK):
+                part = missing[start : start + ENCODE_CHUNK]
+                vectors = await self.encoder.encode([i.text for i in part])
+                await asyncio.to_thread(
+                    self.store.upsert_items, part, {i.id: v for i, v in zip(part, vectors)}, self.model
+                )
+                bar.update(len(part))
+
+    async def rebuild(self) -> None:
+        async with self._write_lock:
+            index = self._new_index()
+            version = await asyncio.to_thread(self.store.version)
+            ids, vectors = [], []
+            for batch_ids, batch_vectors in await asyncio.to_thread(
+                lambda: list(self.store.iter_vectors(self.model))
+            ):
+                ids.append(batch_ids)
+                vectors.append(batch_vectors)
+            if ids:
+                await asyncio.to_thread(index.add, np.concatenate(ids), np.concatenate(vectors))
+            self.index = index
+            logger.info("index built: %d items, %s on %s", len(index), index.factory, index.device)
+            await self._save_locked(version)
+
+    async def _save_locked(self, version: int) -> None:
+        assert self.index is not None
+        await asyncio.to_thread(self.index.save, self.snapshot_dir, version, {"model": self.model})
+        self._snapshot_version = version
+
+    async def snapshot_if_changed(self) -> bool:
+        async with self._write_lock:
+            version = await asyncio.to_thread(self.store.version)
+            if self.index is None or version == self._snapshot_version:
+                return False
+            await self._save_locked(version)
+            return True
+
+    async def upsert(self, items: Sequence[Item], deadline: float | None = None) -> UpsertSummary:
+        # A repeated id in one batch: the last occurrence wins, as in the index.
+        latest = {item.id: item for item in items}
+        records = await asyncio.to_thread(self.store.get_item_records, list(latest))
+        to_encode = [
+            item for item in latest.values()
+            if item.id not in records
+            or records[item.id].text_hash != text_hash(item.text)
+            or not records[item.id].has_vector
+        ]
+        changed_metadata = [
+            item for item in latest.values()
+            if item.id in records and item not in to_encode and records[item.id].item.metadata != item.metadata
+        ]
+        vectors = await self.encoder.encode([i.text for i in to_encode], deadline) if to_encode else None
+        by_id = {i.id: v for i, v in zip(to_encode, vectors)} if vectors is not None else {}
+        writes = to_encode + changed_metadata
+        async with self._write_lock:
+            if writes:
+                await asyncio.to_thread(self.store.upsert_items, writes, by_id, self.model)
+            if to_encode:
+                assert self.index is not None
+                await asyncio.to_thread(
+                    self.index.add, np.array([i.id for i in to_encode], dtype=np.int64), vectors
+                )
+        inserted = sum(1 for i in latest if i not in records)
+        return UpsertSummary(
+            received=len(items),
+            inserted=inserted,
+            updated=len(writes) - inserted,
+            unchanged=len(latest) - len(writes),
+            encoded=len(to_encode),
+        )
+
+    async def delete(self, ids: Sequence[int]) -> DeleteSummary:
+        async with self._write_lock:
+            deleted, _ = await asyncio.to_thread(self.store.delete_items, list(ids))
+            assert self.index is not None
+            await asyncio.to_thread(self.index.remove, np.array(deleted, dtype=np.int64))
+        gone = set(deleted)
+        return DeleteSummary(deleted=len(deleted), missing_item_ids=tuple(i for i in ids if i not in gone))

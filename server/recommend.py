@@ -1,0 +1,178 @@
+"""The recommendation path: user vector -> FAISS top-N -> exclude, filter -> exact score -> MMR."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from bertrec.config import ServerConfig
+from bertrec.errors import DeadlineExceeded, InvalidRequest, NotFound
+from bertrec.server.catalog import Catalog, TextEncoder
+from bertrec.server.ranking import closest_history, mmr, order_by_score
+from bertrec.server.users import UserProfile, UserProfiles
+from bertrec.types import Item, MetadataFilter, RecommendQuery, RerankQuery, ScoredItem, Stage, UserQuery
+
+logger = logging.getLogger(__name__)
+
+TEXT_WEIGHT = 0.5  # share of the free-text intent when a query has both history and text
+MAX_SEARCH_ROUNDS = 4  # filters that reject most candidates widen the search this many times
+
+
+def check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.time() >= deadline:
+        raise DeadlineExceeded("deadline passed; the request was not processed further")
+
+
+def _metadata_matches(metadata: dict[str, Any], filters: tuple[MetadataFilter, ...]) -> bool:
+    for f in filters:
+        value = metadata.get(f.key)
+        if value is None:
+            return False
+        values = value if isinstance(value, list) else [value]
+        rendered = {v if isinstance(v, str) else _render(v) for v in values}
+        if rendered.isdisjoint(f.values):
+            return False
+    return True
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class Recommender:
+    def __init__(self, catalog: Catalog, encoder: TextEncoder, profiles: UserProfiles, config: ServerConfig):
+        self.catalog = catalog
+        self.encoder = encoder
+        self.profiles = profiles
+        self.config = config
+
+    async def _query_profile(self, user: UserQuery, deadline: float | None) -> tuple[np.ndarray, UserProfile]:
+        """The query vector and the liked history behind it."""
+        profile = await self.profiles.for_user(user.user_id) if user.user_id else None
+        if user.history_item_ids:
+            explicit = await self.profiles.for_history(user.history_item_ids)
+            profile = explicit if profile is None else _merge(profile, explicit)
+        vector = profile.vector if profile is not None else None
+        if user.text:
+            check_deadline(deadline)
+            text_vector = (await self.encoder.encode([user.text], deadline))[0]
+            vector = text_vector if vector is None else TEXT_WEIGHT * text_vector + (1 - TEXT_WEIGHT) * vector
+            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        if vector is None:
+            raise NotFound("the user's history has no liked item in the catalogue; give text or more history")
+        if profile is None:
+            dim = len(vector)
+            profile = UserProfile(vector, np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+        return vector.astype(np.float32), profile
+
+    async def recommend(self, q: RecommendQuery, deadline: float | None) -> list[ScoredItem]:
+        check_deadline(deadline)
+        vector, profile = await self._query_profile(q.user, deadline)
+        store = self.catalog.store
+        exclude = set(q.exclude_item_ids)
+        if q.exclude_seen:
+            exclude.update(q.user.history_item_ids)
+            if q.user.user_id:
+                exclude.update(await asyncio.to_thread(store.seen_items, q.user.user_id))
+        pool_size = max(q.candidate_pool_size or self.config.default_candidate_pool_size, q.k)
+        candidates, items = await self._candidates(vector, pool_size, exclude, q.filters, deadline)
+        check_deadline(deadline)
+        return await self._score(vector, profile, candidates, items, q.k, q.diversity, q.include_items)
+
+    async def _candidates(
+        self, vector: np.ndarray, pool_size: int, exclude: set[int], filters: tuple[MetadataFilter, ...],
+        deadline: float | None,
+    ) -> tuple[list[int], dict[int, Item]]:
+        index = self.catalog.index
+        assert index is not None
+        fetch = pool_size + len(exclude)
+        items: dict[int, Item] = {}
+        for _ in range(MAX_SEARCH_ROUNDS):
+            check_deadline(deadline)
+            fetch = min(fetch, len(index))
+            _, found = await asyncio.to_thread(index.search, vector[None, :], fetch)
+            ids = [int(i) for i in found[0] if i >= 0 and int(i) not in exclude]
+            if filters:
+                items = await asyncio.to_thread(self.catalog.store.get_items, ids)
+                ids = [i for i in ids if i in items and _metadata_matches(items[i].metadata, filters)]
+            if len(ids) >= pool_size or fetch >= len(index):
+                return ids[:pool_size], items
+            fetch *= 4
+        return ids[:pool_size], items
+
+    async def _score(
+        self, vector: np.ndarray, profile: UserProfile, ids: list[int], items: dict[int, Item], k: int,
+        diversity: float, include_items: bool, texts_vectors: np.ndarray | None = None,
+    ) -> list[ScoredItem]:
+        if not ids:
+            return []
+        if texts_vectors is None:
+            stored = await asyncio.to_thread(self.catalog.store.get_vectors, ids, self.catalog.model)
+            ids = [i for i in ids if i in stored]  # deleted since the search
+            matrix = np.stack([stored[i] for i in ids]) if ids else np.zeros((0, len(vector)), np.float32)
+        else:
+            matrix = texts_vectors
+        id_array = np.asarray(ids, dtype=np.int64)
+        scores = matrix @ vector  # exact re-scoring, whatever approximation the index made
+        order = order_by_score(scores, id_array)
+        id_array, scores, matrix = id_array[order], scores[order], matrix[order]
+        stage = Stage.RETRIEVAL
+        if diversity > 0:
+            picks = mmr(scores, matrix, k, diversity)
+            stage = Stage.RERANKED
+        else:
+            picks = np.arange(min(k, len(id_array)))
+        id_array, scores, matrix = id_array[picks], scores[picks], matrix[picks]
+        because_ids, because_sims = closest_history(matrix, profile.history_ids, profile.history_vectors)
+        if include_items:
+            missing = [i for i in id_array.tolist() if i not in items and i > 0]
+            if missing:
+                items = {**items, **await asyncio.to_thread(self.catalog.store.get_items, missing)}
+        return [
+            ScoredItem(
+                item_id=int(item_id),
+                score=float(scores[rank]),
+                rank=rank + 1,
+                because_item_id=int(because_ids[rank]),
+                because_similarity=float(because_sims[rank]),
+                item=items.get(int(item_id)) if include_items else None,
+                stage=stage,
+            )
+            for rank, item_id in enumerate(id_array.tolist())
+        ]
+
+    async def rerank(self, q: RerankQuery, deadline: float | None) -> list[ScoredItem]:
+        check_deadline(deadline)
+        vector, profile = await self._query_profile(q.user, deadline)
+        if q.candidate_texts:
+            matrix = await self.encoder.encode(list(q.candidate_texts), deadline)
+            ids = [-(i + 1) for i in range(len(q.candidate_texts))]
+            items = {-(i + 1): Item(-(i + 1), text) for i, text in enumerate(q.candidate_texts)}
+            return await self._score(vector, profile, ids, items, len(ids), q.diversity, q.include_items, matrix)
+        unique = list(dict.fromkeys(q.candidate_item_ids))
+        if len(unique) != len(q.candidate_item_ids):
+            raise InvalidRequest("candidate_item_ids contains duplicates")
+        stored = await asyncio.to_thread(self.catalog.store.existing_ids, unique)
+        missing = [i for i in unique if i not in stored]
+        if missing:
+            raise NotFound(f"unknown candidate item ids: {missing[:10]}")
+        return await self._score(vector, profile, unique, {}, len(unique), q.diversity, q.include_items)
+
+
+def _merge(a: UserProfile, b: UserProfile) -> UserProfile:
+    if a.vector is None:
+        return b
+    if b.vector is None:
+        return a
+    vector = a.vector + b.vector
+    return UserProfile(
+        vector / max(float(np.linalg.norm(vector)), 1e-12),
+        np.concatenate([a.history_ids, b.history_ids]),
+        np.concatenate([a.history_vectors, b.history_vectors]),
+    )

@@ -1,0 +1,183 @@
+"""Thin gRPC servicers: decode, validate, call the engine, convert back, stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator, Sequence
+
+import grpc
+import numpy as np
+
+from bertrec import convert
+from bertrec.errors import InvalidRequest, NotFound, NotReady
+from bertrec.server import validation
+from bertrec.server.errors import grpc_errors
+from bertrec.server.registration import decoded, decoded_stream
+from bertrec.server.state import ServiceState
+from bertrec.types import ScoredItem
+from bertrec.v1 import recommender_pb2 as pb
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.time() + remaining
+
+
+def _chunks(results: Sequence[ScoredItem], size: int) -> list[Sequence[ScoredItem]]:
+    return [results[i : i + size] for i in range(0, len(results), size)] or [[]]
+
+
+class _Base:
+    def __init__(self, state: ServiceState):
+        self.state = state
+        self.config = state.config.server
+
+    def ready(self):
+        if not self.state.ready:
+            raise NotReady("the service is still loading its model and index; retry shortly")
+        return self.state
+
+
+class RecommenderServicer(_Base):
+    async def _recommend_responses(self, request: pb.RecommendRequest, context) -> AsyncIterator:
+        query = convert.recommend_query_from_pb(request)
+        validation.check_recommend(query, self.config)
+        state = self.ready()
+        results = await state.recommender.recommend(query, deadline_of(context))
+        chunks = _chunks(results, query.chunk_size or self.config.chunk_size)
+        for n, chunk in enumerate(chunks):
+            yield pb.RecommendResponse(
+                request_id=query.request_id,
+                items=[convert.scored_to_pb(s) for s in chunk],
+                last=n == len(chunks) - 1,
+                stage=int(chunk[0].stage) if chunk else pb.STAGE_RETRIEVAL,
+            )
+
+    @grpc_errors
+    async def Recommend(self, request, context):
+        async for response in self._recommend_responses(decoded(request), context):
+            yield response
+
+    @grpc_errors
+    async def RecommendStream(self, request_iterator, context):
+        # Requests are answered concurrently; each response carries its request_id. A bad request
+        # ends the whole stream with its status (a bidirectional stream has one status).
+        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
+        done = object()
+
+        async def answer(request):
+            async for response in self._recommend_responses(request, context):
+                await queue.put(response)
+
+        async def pump():
+            tasks = []
+            try:
+                async for request in decoded_stream(request_iterator):
+                    tasks.append(asyncio.ensure_future(answer(request)))
+                await asyncio.gather(*tasks)
+                await queue.put(done)
+            except BaseException as exc:
+                for task in tasks:
+                    task.cancel()
+                await queue.put(exc)
+
+        pumper = asyncio.ensure_future(pump())
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            pumper.cancel()
+
+    @grpc_errors
+    async def Rerank(self, request, context):
+        query = convert.rerank_query_from_pb(decoded(request))
+        validation.check_rerank(query, self.config)
+        state = self.ready()
+        results = await state.recommender.rerank(query, deadline_of(context))
+        chunks = _chunks(results, query.chunk_size or self.config.chunk_size)
+        for n, chunk in enumerate(chunks):
+            yield pb.RerankResponse(
+                request_id=query.request_id,
+                items=[convert.scored_to_pb(s) for s in chunk],
+                last=n == len(chunks) - 1,
+            )
+
+
+class CatalogServicer(_Base):
+    @grpc_errors
+    async def UpsertItems(self, request_iterator, context):
+        totals = np.zeros(5, dtype=np.int64)
+        async for message in decoded_stream(request_iterator):
+            try:
+                items = [convert.item_from_pb(m) for m in message.items]
+                validation.check_items(items, self.config)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"{exc} ({int(totals[0])} earlier items in this stream were stored)") from None
+            if not items:
+                continue
+            summary = await self.ready().catalog.upsert(items, deadline_of(context))
+            totals += [summary.received, summary.inserted, summary.updated, summary.unchanged, summary.encoded]
+        received, inserted, updated, unchanged, encoded = (int(x) for x in totals)
+        return pb.UpsertItemsResponse(
+            received=received, inserted=inserted, updated=updated, unchanged=unchanged, encoded=encoded
+        )
+
+    @grpc_errors
+    async def DeleteItems(self, request, context):
+        ids = list(decoded(request).item_ids)
+        validation.check_ids(ids, self.config)
+        summary = await self.ready().catalog.delete(ids)
+        return pb.DeleteItemsResponse(deleted=summary.deleted, missing_item_ids=list(summary.missing_item_ids))
+
+    @grpc_errors
+    async def GetItems(self, request, context):
+        ids = list(decoded(request).item_ids)
+        validation.check_ids(ids, self.config)
+        items = await asyncio.to_thread(self.ready().catalog.store.get_items, ids)
+        missing = [i for i in ids if i not in items]
+        if missing:
+            raise NotFound(f"unknown item ids: {missing[:10]}")
+        return pb.GetItemsResponse(items=[convert.item_to_pb(items[i]) for i in ids])
+
+    @grpc_errors
+    async def RecordInteractions(self, request, context):
+        interactions = [convert.interaction_from_pb(x) for x in decoded(request).interactions]
+        validation.check_interactions(interactions, self.config)
+        store = self.ready().catalog.store
+        ids = list({x.item_id for x in interactions})
+        known = await asyncio.to_thread(store.existing_ids, ids)
+        missing = sorted(set(ids) - known)
+        if missing:
+            raise NotFound(f"interactions name unknown item ids: {missing[:10]}; nothing was recorded")
+        recorded = await asyncio.to_thread(store.record_interactions, interactions)
+        return pb.RecordInteractionsResponse(recorded=recorded)
+
+    @grpc_errors
+    async def ForgetUser(self, request, context):
+        user_id = decoded(request).user_id
+        validation.check_user_id(user_id)
+        deleted = await asyncio.to_thread(self.ready().catalog.store.forget_user, user_id)
+        return pb.ForgetUserResponse(deleted_interactions=deleted)
+
+
+class EmbedderServicer(_Base):
+    @grpc_errors
+    async def Encode(self, request, context):
+        texts = list(decoded(request).texts)
+        validation.check_texts(texts, self.config)
+        state = self.ready()
+        vectors = await state.pool.encode(texts, deadline_of(context))
+        return pb.EncodeResponse(vectors=[pb.Vector(values=v.tolist()) for v in vectors], dim=state.pool.dim)
+
+
+class AdminServicer(_Base):
+    @grpc_errors
+    async def Info(self, request, context):
+        decoded(request)
+        return convert.info_to_pb(await self.ready().info())

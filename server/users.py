@@ -1,0 +1,89 @@
+"""User vectors: recency-weighted pooling of the user's recent item vectors, cached per history."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from bertrec.errors import NotFound
+from bertrec.store import HistoryEntry, Store
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    vector: np.ndarray | None  # None when the history holds no liked item with a vector
+    history_ids: np.ndarray  # liked items, for "because you interacted with X"
+    history_vectors: np.ndarray
+
+
+def pool_history(
+    entries: list[HistoryEntry], vectors: dict[int, np.ndarray], half_life: float, dim: int
+) -> UserProfile:
+    """Weighted mean of liked items' vectors; the n-th most recent counts 0.5 ** (n / half_life).
+
+    Pooled item vectors rather than BERT over the concatenated history text: the item vectors
+    already exist (no model call per request), nothing is truncated at max_length, and each
+    history item keeps its own direction for the "because" explanation.
+    """
+    liked = [e for e in entries if e.weight > 0 and e.item_id in vectors]
+    if not liked:
+        empty = np.zeros((0, dim), np.float32)
+        return UserProfile(None, np.zeros(0, np.int64), empty)
+    ages = np.arange(len(liked) - 1, -1, -1, dtype=np.float32)
+    weights = np.array([e.weight for e in liked], np.float32) * np.power(0.5, ages / half_life)
+    matrix = np.stack([vectors[e.item_id] for e in liked])
+    pooled = weights @ matrix
+    norm = np.linalg.norm(pooled)
+    ids = np.array([e.item_id for e in liked], np.int64)
+    # One row per distinct item for the explanation.
+    _, first = np.unique(ids, return_index=True)
+    return UserProfile(pooled / norm if norm > 0 else None, ids[first], matrix[first])
+
+
+class UserProfiles:
+    """Profiles keyed by (user, history key): a new interaction changes the key, so the cache
+    needs no invalidation messages and stays right when several front ends share a store."""
+
+    def __init__(self, store: Store, model: str, dim: int, max_history: int, half_life: float, size: int):
+        self.store = store
+        self.model = model
+        self.dim = dim
+        self.max_history = max_history
+        self.half_life = half_life
+        self.size = size
+        self._cache: OrderedDict[str, tuple[int, UserProfile]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    async def for_user(self, user_id: str) -> UserProfile:
+        entries, key = await asyncio.to_thread(self.store.history, user_id, self.max_history)
+        if not entries:
+            raise NotFound(f"unknown user {user_id!r}: no interactions recorded")
+        cached = self._cache.get(user_id)
+        if cached is not None and cached[0] == key:
+            self.hits += 1
+            self._cache.move_to_end(user_id)
+            return cached[1]
+        self.misses += 1
+        vectors = await asyncio.to_thread(self.store.get_vectors, [e.item_id for e in entries], self.model)
+        profile = pool_history(entries, vectors, self.half_life, self.dim)
+        self._cache[user_id] = (key, profile)
+        if len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return profile
+
+    async def for_history(self, item_ids: tuple[int, ...]) -> UserProfile:
+        vectors = await asyncio.to_thread(self.store.get_vectors, list(item_ids), self.model)
+        missing = [i for i in item_ids if i not in vectors]
+        if missing:
+            raise NotFound(f"unknown history item ids: {missing[:10]}")
+        entries = [HistoryEntry(i, float(n), 1.0) for n, i in enumerate(item_ids)]
+        return pool_history(entries, vectors, self.half_life, self.dim)

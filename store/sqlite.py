@@ -1,0 +1,226 @@
+"""SQLiteStore: items, their vectors and interactions in one WAL-mode SQLite file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from bertrec.store.base import HistoryEntry, ItemRecord
+from bertrec.types import Interaction, Item
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    text_hash TEXT NOT NULL,
+    vector BLOB,
+    vector_model TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS interactions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    item_id INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    weight REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS interactions_by_user ON interactions (user_id, ts);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0);
+"""
+
+_CHUNK = 500  # SQLite caps bound parameters per statement
+
+
+def text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _chunks(seq: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+class SQLiteStore:
+    """One connection behind a lock: callers run it from worker threads, SQLite serialises writes.
+
+    WAL with synchronous=FULL makes each commit durable before the call returns, so an
+    acknowledged write survives a crash of the process or the machine.
+    """
+
+    def __init__(self, data_dir: str | Path):
+        self.path = Path(data_dir) / "bertrec.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def _write(self, fn):
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    @staticmethod
+    def _bump_version(conn: sqlite3.Connection) -> int:
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+        return conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0]
+
+    def version(self) -> int:
+        return self._read("SELECT value FROM meta WHERE key = 'version'")[0][0]
+
+    # Items
+    def get_item_records(self, ids: Sequence[int]) -> dict[int, ItemRecord]:
+        out: dict[int, ItemRecord] = {}
+        for part in _chunks(list(ids)):
+            marks = ",".join("?" * len(part))
+            rows = self._read(
+                f"SELECT id, text, metadata, text_hash, vector IS NOT NULL FROM items WHERE id IN ({marks})",
+                part,
+            )
+            for item_id, text, metadata, digest, has_vector in rows:
+                out[item_id] = ItemRecord(Item(item_id, text, json.loads(metadata)), digest, bool(has_vector))
+        return out
+
+    def upsert_items(self, items: Sequence[Item], vectors: dict[int, np.ndarray], model: str) -> int:
+        """Write items; those in `vectors` get a new vector, the others keep theirs. Returns the version."""
+        now = time.time()
+        rows_with_vector = []
+        rows_keep_vector = []
+        for item in items:
+            meta = json.dumps(item.metadata, sort_keys=True, ensure_ascii=False)
+            if item.id in vectors:
+                blob = np.asarray(vectors[item.id], dtype=np.float32).tobytes()
+                rows_with_vector.append((item.id, item.text, meta, text_hash(item.text), blob, model, now))
+            else:
+                rows_keep_vector.append((item.id, item.text, meta, text_hash(item.text), now))
+
+        def write(conn: sqlite3.Connection) -> int:
+            conn.executemany(
+                "INSERT INTO items (id, text, metadata, text_hash, vector, vector_model, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET text = excluded.text, "
+                "metadata = excluded.metadata, text_hash = excluded.text_hash, vector = excluded.vector, "
+                "vector_model = excluded.vector_model, updated_at = excluded.updated_at",
+                rows_with_vector,
+            )
+            conn.executemany(
+                "INSERT INTO items (id, text, metadata, text_hash, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET metadata = excluded.metadata, updated_at = excluded.updated_at",
+                rows_keep_vector,
+            )
+            return self._bump_version(conn)
+
+        return self._write(write)
+
+    def delete_items(self, ids: Sequence[int]) -> tuple[list[int], int]:
+        """Delete `ids`; returns (the ids that existed, new version)."""
+
+        def write(conn: sqlite3.Connection) -> tuple[list[int], int]:
+            deleted: list[int] = []
+            for part in _chunks(list(ids)):
+                marks = ",".join("?" * len(part))
+                deleted += [r[0] for r in conn.execute(f"SELECT id FROM items WHERE id IN ({marks})", part)]
+                conn.execute(f"DELETE FROM items WHERE id IN ({marks})", part)
+            return deleted, self._bump_version(conn)
+
+        return self._write(write)
+
+    def get_items(self, ids: Sequence[int]) -> dict[int, Item]:
+        return {i: r.item for i, r in self.get_item_records(ids).items()}
+
+    def existing_ids(self, ids: Sequence[int]) -> set[int]:
+        out: set[int] = set()
+        for part in _chunks(list(ids)):
+            marks = ",".join("?" * len(part))
+            out.update(r[0] for r in self._read(f"SELECT id FROM items WHERE id IN ({marks})", part))
+        return out
+
+    def get_vectors(self, ids: Sequence[int], model: str) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for part in _chunks(list(ids)):
+            marks = ",".join("?" * len(part))
+            rows = self._read(
+                f"SELECT id, vector FROM items WHERE id IN ({marks}) AND vector_model = ?", [*part, model]
+            )
+            out.update((i, np.frombuffer(blob, dtype=np.float32)) for i, blob in rows)
+        return out
+
+    def iter_vectors(self, model: str, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        last = -(2**63)
+        while True:
+            rows = self._read(
+                "SELECT id, vector FROM items WHERE vector_model = ? AND id > ? ORDER BY id LIMIT ?",
+                (model, last, batch),
+            )
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+            yield ids, vectors
+            last = rows[-1][0]
+
+    def items_without_vector(self, model: str) -> list[Item]:
+        rows = self._read(
+            "SELECT id, text, metadata FROM items WHERE vector IS NULL OR vector_model IS NOT ? ORDER BY id",
+            (model,),
+        )
+        return [Item(i, text, json.loads(meta)) for i, text, meta in rows]
+
+    # Interactions
+    def record_interactions(self, interactions: Sequence[Interaction]) -> int:
+        now = time.time()
+        rows = [(x.user_id, x.item_id, x.timestamp or now, x.weight) for x in interactions]
+
+        def write(conn: sqlite3.Connection) -> int:
+            conn.executemany("INSERT INTO interactions (user_id, item_id, ts, weight) VALUES (?, ?, ?, ?)", rows)
+            return len(rows)
+
+        return self._write(write)
+
+    def history(self, user_id: str, limit: int) -> tuple[list[HistoryEntry], int]:
+        """The user's `limit` most recent interactions, oldest first, and a key that changes with them."""
+        rows = self._read(
+            "SELECT item_id, ts, weight, seq FROM interactions WHERE user_id = ? ORDER BY ts DESC, seq DESC "
+            "LIMIT ?",
+            (user_id, limit),
+        )
+        key = self._read("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = ?", (user_id,))[0][0]
+        return [HistoryEntry(i, ts, w) for i, ts, w, _ in reversed(rows)], key
+
+    def seen_items(self, user_id: str) -> set[int]:
+        return {r[0] for r in self._read("SELECT DISTINCT item_id FROM interactions WHERE user_id = ?", (user_id,))}
+
+    def forget_user(self, user_id: str) -> int:
+        return self._write(lambda c: c.execute("DELETE FROM interactions WHERE user_id = ?", (user_id,)).rowcount)
+
+    def counts(self) -> dict[str, int]:
+        items = self._read("SELECT COUNT(*) FROM items")[0][0]
+        users, interactions = self._read("SELECT COUNT(DISTINCT user_id), COUNT(*) FROM interactions")[0]
+        return {"items": items, "users": users, "interactions": interactions}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,97 @@
+"""FaissIndex against numpy brute force."""
+
+import numpy as np
+import pytest
+
+from bertrec.workers.index import FaissIndex
+
+
+def _unit(rng, n, dim=32):
+    v = rng.normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _brute(vectors, ids, queries, k):
+    scores = queries @ vectors.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), ids[order]
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(7)
+    vectors = _unit(rng, 2000)
+    ids = rng.choice(2**62, size=2000, replace=False).astype(np.int64)  # arbitrary 64-bit ids
+    queries = _unit(rng, 20)
+    return vectors, ids, queries
+
+
+def test_exact_index_equals_brute_force(data):
+    vectors, ids, queries = data
+    index = FaissIndex(32, "Flat", use_gpu="no")
+    index.add(ids, vectors)
+    scores, found = index.search(queries, 10)
+    want_scores, want_ids = _brute(vectors, ids, queries, 10)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(found, want_ids)
+    assert len(index) == 2000
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF16,Flat"])
+def test_remove_and_update_match_brute_force(data, factory):
+    vectors, ids, queries = data
+    index = FaissIndex(32, factory, nprobe=16, use_gpu="no")
+    index.add(ids, vectors)
+    removed = ids[:300]
+    assert index.remove(removed) == 300
+    assert index.remove(removed) == 0  # unknown ids are ignored
+    # update: ids 300..400 get new vectors
+    new_vectors = _unit(np.random.default_rng(1), 100)
+    index.add(ids[300:400], new_vectors)
+    current = vectors.copy()
+    current[300:400] = new_vectors
+    live_vectors, live_ids = current[300:], ids[300:]
+    scores, found = index.search(queries, 10)
+    _, want_ids = _brute(live_vectors, live_ids, queries, 10)
+    assert not set(found.ravel()) & set(removed.tolist())
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, want_ids)])
+    assert recall >= (1.0 if factory == "Flat" else 0.9)
+    assert len(index) == 1700
+
+
+def test_repeated_id_keeps_last_vector(data):
+    vectors, ids, _ = data
+    index = FaissIndex(32, "Flat", use_gpu="no")
+    index.add(np.array([5, 5]), vectors[:2])
+    _, found = index.search(vectors[1:2], 1)
+    assert found[0, 0] == 5 and len(index) == 1
+    scores, _ = index.search(vectors[0:1], 1)
+    assert scores[0, 0] < 0.99  # the first vector was replaced
+
+
+def test_snapshot_roundtrip(tmp_path, data):
+    vectors, ids, queries = data
+    index = FaissIndex(32, "HNSW32", use_gpu="no")
+    index.add(ids, vectors)
+    index.remove(ids[:10])
+    index.save(tmp_path, version=42, extra_meta={"model": "m"})
+    meta = FaissIndex.snapshot_meta(tmp_path)
+    assert meta["version"] == 42 and meta["model"] == "m"
+    loaded = FaissIndex.load(tmp_path, use_gpu="no")
+    assert len(loaded) == len(index)
+    np.testing.assert_array_equal(loaded.search(queries, 5)[1], index.search(queries, 5)[1])
+
+
+def test_search_on_empty_and_short_index():
+    index = FaissIndex(8, "Flat", use_gpu="no")
+    scores, found = index.search(np.ones((1, 8), np.float32), 3)
+    assert (found == -1).all() and np.isneginf(scores).all()
+    index.add(np.array([1]), np.ones((1, 8), np.float32) / np.sqrt(8))
+    _, found = index.search(np.ones((1, 8), np.float32), 3)
+    assert found[0].tolist() == [1, -1, -1]
+
+
+def test_ivf_needs_enough_training_vectors():
+    index = FaissIndex(8, "IVF64,Flat", use_gpu="no")
+    with pytest.raises(ValueError, match="at least 64"):
+        index.add(np.arange(1, 10), np.ones((9, 8), np.float32))

@@ -1,0 +1,54 @@
+"""SQLiteStore on a real file: versions, vectors kept across metadata-only updates, history, durability."""
+
+import numpy as np
+
+from bertrec.store import SQLiteStore
+from bertrec.types import Interaction, Item
+
+
+def test_items_vectors_and_versions(tmp_path):
+    store = SQLiteStore(tmp_path)
+    v0 = store.version()
+    v = np.arange(4, dtype=np.float32)
+    v1 = store.upsert_items([Item(1, "one", {"g": "a"}), Item(2, "two")], {1: v, 2: v + 1}, "m1")
+    assert v1 > v0
+    assert store.get_items([1, 2, 3]) == {1: Item(1, "one", {"g": "a"}), 2: Item(2, "two")}
+    # a metadata-only update keeps the stored vector
+    store.upsert_items([Item(1, "one", {"g": "b"})], {}, "m1")
+    np.testing.assert_array_equal(store.get_vectors([1], "m1")[1], v)
+    assert store.get_items([1])[1].metadata == {"g": "b"}
+    # vectors of another model do not count
+    assert store.get_vectors([1, 2], "m2") == {}
+    assert [i.id for i in store.items_without_vector("m2")] == [1, 2]
+    deleted, v2 = store.delete_items([2, 99])
+    assert deleted == [2] and v2 > v1
+    assert store.existing_ids([1, 2]) == {1}
+    ids, vectors = next(store.iter_vectors("m1"))
+    assert ids.tolist() == [1] and vectors.shape == (1, 4)
+
+
+def test_history_is_recent_last_and_keyed(tmp_path):
+    store = SQLiteStore(tmp_path)
+    store.upsert_items([Item(i, f"item {i}") for i in range(1, 6)], {}, "")
+    store.record_interactions([Interaction("u", i, timestamp=100 + i, weight=1.0) for i in (3, 1, 2)])
+    history, key = store.history("u", limit=2)
+    assert [h.item_id for h in history] == [2, 3]  # the two most recent, oldest first
+    store.record_interactions([Interaction("u", 5, timestamp=200)])
+    _, key2 = store.history("u", limit=2)
+    assert key2 != key
+    assert store.seen_items("u") == {1, 2, 3, 5}
+    assert store.counts() == {"items": 5, "users": 1, "interactions": 4}
+    assert store.forget_user("u") == 4
+    assert store.history("u", 10)[0] == []
+
+
+def test_writes_survive_reopen(tmp_path):
+    store = SQLiteStore(tmp_path)
+    store.upsert_items([Item(7, "seven")], {7: np.ones(3, np.float32)}, "m")
+    store.record_interactions([Interaction("u", 7)])
+    version = store.version()
+    # no close(): a crashed process never closes; WAL + synchronous=FULL made the commits durable
+    reopened = SQLiteStore(tmp_path)
+    assert reopened.get_items([7])[7].text == "seven"
+    assert reopened.version() == version
+    assert reopened.counts()["interactions"] == 1

@@ -1,0 +1,1 @@
+"""Encoder replicas, dynamic batching and the vector index (no server imports)."""

@@ -1,0 +1,142 @@
+"""RayEncoderPool: spreads encode calls over EncoderReplica actors and retries when one dies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from bertrec.config import ModelConfig, WorkersConfig
+from bertrec.errors import DeadlineExceeded, WorkerLost
+
+logger = logging.getLogger(__name__)
+
+# Large requests (catalogue ingestion) are split so every replica gets a share.
+SPLIT_TEXTS = 256
+
+
+def ensure_ray(workers: WorkersConfig) -> None:
+    """Join the configured cluster, or start a local Ray when none is running in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"namespace": workers.namespace, "log_to_driver": True}
+    if workers.ray_address:
+        kwargs["address"] = workers.ray_address
+    elif workers.ray_num_cpus:
+        kwargs["num_cpus"] = workers.ray_num_cpus
+    ray.init(**kwargs)
+
+
+class RayEncoderPool:
+    """N replicas: one per GPU (num_gpus=1, fp16) or CPU replicas with `cpus_per_replica` each."""
+
+    def __init__(self, model: ModelConfig, workers: WorkersConfig):
+        self.model_config = model
+        self.workers_config = workers
+        self.prefix = f"bertrec-encoder-{uuid.uuid4().hex[:8]}"
+        self.replicas: list[Any] = []
+        self.names: list[str] = []
+        self._in_flight: list[int] = []
+        self.dim = 0
+        self.model_name = ""
+        self.gpus_per_replica = 0
+
+    def _replica_count(self, gpus: int) -> int:
+        if self.workers_config.replicas:
+            return self.workers_config.replicas
+        if gpus:
+            return gpus
+        import os
+
+        return max(1, min(2, os.cpu_count() or 1))
+
+    async def start(self) -> None:
+        import ray
+
+        from bertrec.workers.replica import EncoderReplica
+
+        ensure_ray(self.workers_config)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        count = self._replica_count(gpus)
+        self.gpus_per_replica = 1 if gpus else 0
+        cpus = 0.0 if gpus else self.workers_config.cpus_per_replica
+        actor_cls = ray.remote(EncoderReplica)
+        for i in range(count):
+            name = f"{self.prefix}-{i}"
+            handle = actor_cls.options(
+                name=name,
+                num_gpus=self.gpus_per_replica,
+                num_cpus=cpus,
+                max_restarts=-1,  # Ray restarts a dead replica; the pool retries what it held
+                max_concurrency=1000,
+            ).remote(name, self.model_config, self.workers_config, max(1, int(cpus or 1)))
+            self.replicas.append(handle)
+            self.names.append(name)
+            self._in_flight.append(0)
+        infos = await asyncio.gather(*(r.info.remote() for r in self.replicas))
+        self.dim = infos[0]["dim"]
+        self.model_name = infos[0]["model"]
+        logger.info("encoder pool ready: %d replicas on %s", count, [i["device"] for i in infos])
+
+    def _pick(self) -> int:
+        return min(range(len(self.replicas)), key=self._in_flight.__getitem__)
+
+    async def _encode_chunk(self, texts: list[str], deadline: float | None) -> np.ndarray:
+        import ray
+
+        attempts = self.workers_config.max_retries + 1
+        backoff_s = 0.2
+        for attempt in range(attempts):
+            if deadline is not None and time.time() > deadline:
+                raise DeadlineExceeded("deadline passed before the texts were encoded")
+            i = self._pick()
+            self._in_flight[i] += len(texts)
+            try:
+                return await self.replicas[i].encode.remote(texts, deadline)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                logger.warning("replica %s lost (%s); retry %d/%d", self.names[i], exc, attempt + 1, attempts)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 2.0)
+            except ray.exceptions.RayTaskError as exc:
+                # Re-raise the replica's own error (Overloaded, DeadlineExceeded, ...) unwrapped.
+                raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+            finally:
+                self._in_flight[i] -= len(texts)
+        raise WorkerLost(f"encoder replicas kept failing after {attempts} attempts")
+
+    async def encode(self, texts: list[str], deadline: float | None = None) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        chunks = [texts[i : i + SPLIT_TEXTS] for i in range(0, len(texts), SPLIT_TEXTS)]
+        parts = await asyncio.gather(*(self._encode_chunk(c, deadline) for c in chunks))
+        return np.concatenate(parts, axis=0)
+
+    async def info(self) -> list[dict]:
+        import ray
+
+        async def one(i: int) -> dict:
+            try:
+                return {**await asyncio.wait_for(self.replicas[i].info.remote(), 5.0), "healthy": True}
+            except (ray.exceptions.RayError, TimeoutError):
+                return {"name": self.names[i], "device": "unknown", "healthy": False}
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(self.replicas)))))
+
+    async def configure_batching(self, max_batch_size: int | None = None, max_wait_s: float | None = None):
+        await asyncio.gather(*(r.configure_batching.remote(max_batch_size, max_wait_s) for r in self.replicas))
+
+    def shutdown(self) -> None:
+        import ray
+
+        for handle in self.replicas:
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.replicas.clear()
