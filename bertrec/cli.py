@@ -8,8 +8,9 @@ import csv
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -93,9 +94,25 @@ def _ingest(args: argparse.Namespace) -> int:
                 for start in range(0, len(items), args.batch_size * 8):
                     part = items[start : start + args.batch_size * 8]
                     s = client.upsert_items(part, batch_size=args.batch_size)
-                    summary = s if summary is None else type(s)(*(a + b for a, b in zip(
-                        (summary.received, summary.inserted, summary.updated, summary.unchanged, summary.encoded),
-                        (s.received, s.inserted, s.updated, s.unchanged, s.encoded))))
+                    summary = (
+                        s
+                        if summary is None
+                        else type(s)(
+                            *(
+                                a + b
+                                for a, b in zip(
+                                    (
+                                        summary.received,
+                                        summary.inserted,
+                                        summary.updated,
+                                        summary.unchanged,
+                                        summary.encoded,
+                                    ),
+                                    (s.received, s.inserted, s.updated, s.unchanged, s.encoded),
+                                )
+                            )
+                        )
+                    )
                     bar.update(len(part))
             print(f"items: {summary}")
         if args.interactions:
@@ -111,22 +128,38 @@ def _ingest(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     filters = dict(f.split("=", 1) for f in args.filter or [])
     with _client(args) as client:
-        results = list(client.recommend(
-            args.user, history=args.history, text=args.text, k=args.k, filters=filters,
-            diversity=args.diversity, include_items=True,
-        ))
+        results = list(
+            client.recommend(
+                args.user,
+                history=args.history,
+                text=args.text,
+                k=args.k,
+                filters=filters,
+                diversity=args.diversity,
+                include_items=True,
+            )
+        )
         because_ids = sorted({r.because_item_id for r in results if r.because_item_id})
         because = {i.id: i for i in client.get_items(because_ids)} if because_ids else {}
     if args.json:
-        print(json.dumps([
-            {
-                "rank": r.rank, "item_id": r.item_id, "score": round(r.score, 5),
-                "text": r.item.text if r.item else "", "metadata": r.item.metadata if r.item else {},
-                "because_item_id": r.because_item_id,
-                "because_text": because[r.because_item_id].text if r.because_item_id in because else "",
-            }
-            for r in results
-        ], indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                [
+                    {
+                        "rank": r.rank,
+                        "item_id": r.item_id,
+                        "score": round(r.score, 5),
+                        "text": r.item.text if r.item else "",
+                        "metadata": r.item.metadata if r.item else {},
+                        "because_item_id": r.because_item_id,
+                        "because_text": because[r.because_item_id].text if r.because_item_id in because else "",
+                    }
+                    for r in results
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return 0
     print(f"{'rank':>4}  {'score':>6}  {'item':>8}  {'title':<48}  because you liked")
     for r in results:
@@ -150,8 +183,9 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"user cache hit rate {info.user_cache_hit_rate:.1%}, store version {info.store_version}")
     for r in info.replicas:
         state = "healthy" if r.healthy else "DOWN"
-        print(f"  replica {r.name} on {r.device} ({state}): {r.encoded_texts} texts, "
-              f"mean batch {r.mean_batch_size:.1f}")
+        print(
+            f"  replica {r.name} on {r.device} ({state}): {r.encoded_texts} texts, mean batch {r.mean_batch_size:.1f}"
+        )
     return 0
 
 

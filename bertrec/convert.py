@@ -153,8 +153,12 @@ def info_to_pb(info: t.ServiceInfo) -> pb.InfoResponse:
         dim=info.dim,
         replicas=[
             pb.ReplicaInfo(
-                name=r.name, device=r.device, node_id=r.node_id, healthy=r.healthy,
-                encoded_texts=r.encoded_texts, mean_batch_size=r.mean_batch_size,
+                name=r.name,
+                device=r.device,
+                node_id=r.node_id,
+                healthy=r.healthy,
+                encoded_texts=r.encoded_texts,
+                mean_batch_size=r.mean_batch_size,
             )
             for r in info.replicas
         ],

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 from bertrec.types import Interaction, Item
 

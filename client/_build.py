@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -86,10 +87,14 @@ def interactions_request(interactions: Iterable[Interaction | Mapping[str, Any]]
         if isinstance(x, Interaction):
             out.append(convert.interaction_to_pb(x))
         else:
-            out.append(pb.Interaction(
-                user_id=str(x["user_id"]), item_id=int(x["item_id"]),
-                timestamp=float(x.get("timestamp", 0.0)), weight=float(x.get("weight", 1.0)),
-            ))
+            out.append(
+                pb.Interaction(
+                    user_id=str(x["user_id"]),
+                    item_id=int(x["item_id"]),
+                    timestamp=float(x.get("timestamp", 0.0)),
+                    weight=float(x.get("weight", 1.0)),
+                )
+            )
     return pb.RecordInteractionsRequest(interactions=out)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import grpc
-
-from bertrec import convert
 from bertrec.client import _build as b
 from bertrec.client.sync import MAX_MESSAGE_BYTES
+
+from bertrec import convert
 from bertrec.errors import DeadlineExceeded
 from bertrec.types import (
     DeleteSummary,
@@ -82,8 +83,12 @@ class AsyncClient:
                 return await invoke(remaining)
             except grpc.RpcError as error:
                 wait = backoff * (0.5 + random.random())
-                if (not replayable or error.code() != grpc.StatusCode.UNAVAILABLE
-                        or attempt >= self.max_retries or deadline - time.monotonic() <= wait):
+                if (
+                    not replayable
+                    or error.code() != grpc.StatusCode.UNAVAILABLE
+                    or attempt >= self.max_retries
+                    or deadline - time.monotonic() <= wait
+                ):
                     raise b.translate(error) from None
                 await asyncio.sleep(wait)
                 backoff *= 2
@@ -129,9 +134,17 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> AsyncIterator[ScoredItem]:
         request = b.recommend_request(
-            user_id=user_id, history=history, text=text, k=k, candidate_pool_size=candidate_pool_size,
-            exclude_seen=exclude_seen, filters=filters, diversity=diversity, include_items=include_items,
-            chunk_size=chunk_size, exclude_item_ids=exclude_item_ids,
+            user_id=user_id,
+            history=history,
+            text=text,
+            k=k,
+            candidate_pool_size=candidate_pool_size,
+            exclude_seen=exclude_seen,
+            filters=filters,
+            diversity=diversity,
+            include_items=include_items,
+            chunk_size=chunk_size,
+            exclude_item_ids=exclude_item_ids,
         )
         async for response in self._server_stream(self._recommender.Recommend, request, timeout_s):
             for scored in response.items:
@@ -169,8 +182,14 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> AsyncIterator[ScoredItem]:
         request = b.rerank_request(
-            user_id=user_id, history=history, text=text, item_ids=item_ids, texts=texts, diversity=diversity,
-            include_items=include_items, chunk_size=chunk_size,
+            user_id=user_id,
+            history=history,
+            text=text,
+            item_ids=item_ids,
+            texts=texts,
+            diversity=diversity,
+            include_items=include_items,
+            chunk_size=chunk_size,
         )
         async for response in self._server_stream(self._recommender.Rerank, request, timeout_s):
             for scored in response.items:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
+from bertrec.client import _build as b
 
 from bertrec import convert
-from bertrec.client import _build as b
 from bertrec.errors import DeadlineExceeded
 from bertrec.types import (
     DeleteSummary,
@@ -89,8 +90,11 @@ class Client:
             def should_retry(error: grpc.RpcError, attempt: int = attempt) -> bool:
                 nonlocal backoff
                 wait = backoff * (0.5 + random.random())
-                if (error.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.max_retries
-                        or deadline - time.monotonic() <= wait):
+                if (
+                    error.code() != grpc.StatusCode.UNAVAILABLE
+                    or attempt >= self.max_retries
+                    or deadline - time.monotonic() <= wait
+                ):
                     return False
                 time.sleep(wait)
                 backoff *= 2
@@ -138,9 +142,17 @@ class Client:
     ) -> Iterator[ScoredItem]:
         """Top-k items in rank order, yielded as the chunks arrive."""
         request = b.recommend_request(
-            user_id=user_id, history=history, text=text, k=k, candidate_pool_size=candidate_pool_size,
-            exclude_seen=exclude_seen, filters=filters, diversity=diversity, include_items=include_items,
-            chunk_size=chunk_size, exclude_item_ids=exclude_item_ids,
+            user_id=user_id,
+            history=history,
+            text=text,
+            k=k,
+            candidate_pool_size=candidate_pool_size,
+            exclude_seen=exclude_seen,
+            filters=filters,
+            diversity=diversity,
+            include_items=include_items,
+            chunk_size=chunk_size,
+            exclude_item_ids=exclude_item_ids,
         )
         for response in self._server_stream(self._recommender.Recommend, request, timeout_s):
             for scored in response.items:
@@ -180,8 +192,14 @@ class Client:
     ) -> Iterator[ScoredItem]:
         """Re-score candidates (catalogue ids, or raw texts returned as ids -1, -2, ...)."""
         request = b.rerank_request(
-            user_id=user_id, history=history, text=text, item_ids=item_ids, texts=texts, diversity=diversity,
-            include_items=include_items, chunk_size=chunk_size,
+            user_id=user_id,
+            history=history,
+            text=text,
+            item_ids=item_ids,
+            texts=texts,
+            diversity=diversity,
+            include_items=include_items,
+            chunk_size=chunk_size,
         )
         for response in self._server_stream(self._recommender.Rerank, request, timeout_s):
             for scored in response.items:

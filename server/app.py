@@ -9,15 +9,15 @@ import signal
 from pathlib import Path
 
 import grpc
+from bertrec.server.auth import TokenAuthInterceptor
+from bertrec.server.registration import generic_handler
+from bertrec.server.servicers import AdminServicer, CatalogServicer, EmbedderServicer, RecommenderServicer
+from bertrec.server.state import ServiceState
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from bertrec.config import Config
-from bertrec.server.auth import TokenAuthInterceptor
-from bertrec.server.registration import generic_handler
-from bertrec.server.servicers import AdminServicer, CatalogServicer, EmbedderServicer, RecommenderServicer
-from bertrec.server.state import ServiceState
 from bertrec.v1 import recommender_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,9 @@ class BertrecServer:
             self.server.add_generic_rpc_handlers((generic_handler(name, servicer_cls(self.state)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [pb.DESCRIPTOR.services_by_name[n].full_name for n in SERVICES]
-        reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                                             reflection.SERVICE_NAME], self.server)
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server
+        )
         address = f"{config.server.host}:{config.server.port}"
         credentials = _server_credentials(config)
         if credentials is None:
@@ -106,8 +107,12 @@ async def serve(config: Config, ready_file: str | None = None) -> None:
     server, port = create_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def install_signal_handlers() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+    install_signal_handlers()
     starting = asyncio.ensure_future(server.start())
     waiting = asyncio.ensure_future(stop.wait())
     await asyncio.wait([starting, waiting], return_when=asyncio.FIRST_COMPLETED)
@@ -116,6 +121,7 @@ async def serve(config: Config, ready_file: str | None = None) -> None:
         await server.server.stop(0)
         raise starting.exception()
     if starting.done():
+        install_signal_handlers()  # ray.init replaced them with its own exit-on-SIGTERM
         print(f"bertrec serving on {config.server.host}:{port}", flush=True)
         if ready_file:
             Path(ready_file).write_text(str(port))

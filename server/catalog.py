@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
-
-from bertrec.config import IndexConfig
 from bertrec.store import Store
 from bertrec.store.sqlite import text_hash
-from bertrec.types import DeleteSummary, Item, UpsertSummary
 from bertrec.workers.index import FaissIndex
+
+from bertrec.config import IndexConfig
+from bertrec.types import DeleteSummary, Item, UpsertSummary
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,14 @@ class Catalog:
     recomputed only when its text (or the model) changes.
     """
 
-    def __init__(self, store: Store, encoder: TextEncoder, model_fingerprint: str, index_config: IndexConfig,
-                 data_dir: str | Path):
+    def __init__(
+        self,
+        store: Store,
+        encoder: TextEncoder,
+        model_fingerprint: str,
+        index_config: IndexConfig,
+        data_dir: str | Path,
+    ):
         self.store = store
         self.encoder = encoder
         self.model = model_fingerprint
@@ -52,17 +59,22 @@ class Catalog:
         await self._encode_missing()
         version = await asyncio.to_thread(self.store.version)
         meta = FaissIndex.snapshot_meta(self.snapshot_dir)
-        if meta and meta.get("version") == version and meta.get("model") == self.model \
-                and meta.get("factory") == self.index_config.factory:
+        if (
+            meta
+            and meta.get("version") == version
+            and meta.get("model") == self.model
+            and meta.get("factory") == self.index_config.factory
+        ):
             c = self.index_config
-            self.index = await asyncio.to_thread(
-                FaissIndex.load, self.snapshot_dir, c.nprobe, c.ef_search, c.use_gpu
-            )
+            self.index = await asyncio.to_thread(FaissIndex.load, self.snapshot_dir, c.nprobe, c.ef_search, c.use_gpu)
             self._snapshot_version = version
             logger.info("index snapshot loaded: %d items (store version %d)", len(self.index), version)
             return
-        logger.info("index snapshot %s store version %d: rebuilding",
-                    "absent for" if meta is None else "does not match", version)
+        logger.info(
+            "index snapshot %s store version %d: rebuilding",
+            "absent for" if meta is None else "does not match",
+            version,
+        )
         await self.rebuild()
 
     async def _encode_missing(self) -> None:
@@ -86,9 +98,7 @@ class Catalog:
             index = self._new_index()
             version = await asyncio.to_thread(self.store.version)
             ids, vectors = [], []
-            for batch_ids, batch_vectors in await asyncio.to_thread(
-                lambda: list(self.store.iter_vectors(self.model))
-            ):
+            for batch_ids, batch_vectors in await asyncio.to_thread(lambda: list(self.store.iter_vectors(self.model))):
                 ids.append(batch_ids)
                 vectors.append(batch_vectors)
             if ids:
@@ -115,13 +125,15 @@ class Catalog:
         latest = {item.id: item for item in items}
         records = await asyncio.to_thread(self.store.get_item_records, list(latest))
         to_encode = [
-            item for item in latest.values()
+            item
+            for item in latest.values()
             if item.id not in records
             or records[item.id].text_hash != text_hash(item.text)
             or not records[item.id].has_vector
         ]
         changed_metadata = [
-            item for item in latest.values()
+            item
+            for item in latest.values()
             if item.id in records and item not in to_encode and records[item.id].item.metadata != item.metadata
         ]
         vectors = await self.encoder.encode([i.text for i in to_encode], deadline) if to_encode else None
@@ -132,9 +144,7 @@ class Catalog:
                 await asyncio.to_thread(self.store.upsert_items, writes, by_id, self.model)
             if to_encode:
                 assert self.index is not None
-                await asyncio.to_thread(
-                    self.index.add, np.array([i.id for i in to_encode], dtype=np.int64), vectors
-                )
+                await asyncio.to_thread(self.index.add, np.array([i.id for i in to_encode], dtype=np.int64), vectors)
         inserted = sum(1 for i in latest if i not in records)
         return UpsertSummary(
             received=len(items),

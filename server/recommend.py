@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 import numpy as np
-
-from bertrec.config import ServerConfig
-from bertrec.errors import DeadlineExceeded, InvalidRequest, NotFound
 from bertrec.server.catalog import Catalog, TextEncoder
 from bertrec.server.ranking import closest_history, mmr, order_by_score
 from bertrec.server.users import UserProfile, UserProfiles
+
+from bertrec.config import ServerConfig
+from bertrec.errors import DeadlineExceeded, InvalidRequest, NotFound
 from bertrec.types import Item, MetadataFilter, RecommendQuery, RerankQuery, ScoredItem, Stage, UserQuery
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,11 @@ class Recommender:
         return await self._score(vector, profile, candidates, items, q.k, q.diversity, q.include_items)
 
     async def _candidates(
-        self, vector: np.ndarray, pool_size: int, exclude: set[int], filters: tuple[MetadataFilter, ...],
+        self,
+        vector: np.ndarray,
+        pool_size: int,
+        exclude: set[int],
+        filters: tuple[MetadataFilter, ...],
         deadline: float | None,
     ) -> tuple[list[int], dict[int, Item]]:
         index = self.catalog.index
@@ -107,8 +111,15 @@ class Recommender:
         return ids[:pool_size], items
 
     async def _score(
-        self, vector: np.ndarray, profile: UserProfile, ids: list[int], items: dict[int, Item], k: int,
-        diversity: float, include_items: bool, texts_vectors: np.ndarray | None = None,
+        self,
+        vector: np.ndarray,
+        profile: UserProfile,
+        ids: list[int],
+        items: dict[int, Item],
+        k: int,
+        diversity: float,
+        include_items: bool,
+        texts_vectors: np.ndarray | None = None,
     ) -> list[ScoredItem]:
         if not ids:
             return []

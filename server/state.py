@@ -57,7 +57,11 @@ class ServiceState:
             await self._load_demo()
         await self.catalog.open()
         self.profiles = UserProfiles(
-            self.store, fingerprint, self.pool.dim, cfg.server.max_history, cfg.server.history_half_life,
+            self.store,
+            fingerprint,
+            self.pool.dim,
+            cfg.server.max_history,
+            cfg.server.history_half_life,
             cfg.server.user_cache_size,
         )
         self.recommender = Recommender(self.catalog, self.pool, self.profiles, cfg.server)
@@ -96,8 +100,12 @@ class ServiceState:
             dim=self.pool.dim,
             replicas=tuple(
                 ReplicaInfo(
-                    name=r["name"], device=r["device"], node_id=r.get("node_id", ""), healthy=r["healthy"],
-                    encoded_texts=r.get("encoded_texts", 0), mean_batch_size=r.get("mean_batch_size", 0.0),
+                    name=r["name"],
+                    device=r["device"],
+                    node_id=r.get("node_id", ""),
+                    healthy=r["healthy"],
+                    encoded_texts=r.get("encoded_texts", 0),
+                    mean_batch_size=r.get("mean_batch_size", 0.0),
                 )
                 for r in replicas
             ),

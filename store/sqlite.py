@@ -8,12 +8,12 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
-
 from bertrec.store.base import HistoryEntry, ItemRecord
+
 from bertrec.types import Interaction, Item
 
 logger = logging.getLogger(__name__)
@@ -203,8 +203,7 @@ class SQLiteStore:
     def history(self, user_id: str, limit: int) -> tuple[list[HistoryEntry], int]:
         """The user's `limit` most recent interactions, oldest first, and a key that changes with them."""
         rows = self._read(
-            "SELECT item_id, ts, weight, seq FROM interactions WHERE user_id = ? ORDER BY ts DESC, seq DESC "
-            "LIMIT ?",
+            "SELECT item_id, ts, weight, seq FROM interactions WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
             (user_id, limit),
         )
         key = self._read("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = ?", (user_id,))[0][0]

@@ -57,8 +57,7 @@ def main() -> int:
             stale = [
                 p.name
                 for p in generated
-                if not (GENERATED_DIR / p.name).exists()
-                or not filecmp.cmp(p, GENERATED_DIR / p.name, shallow=False)
+                if not (GENERATED_DIR / p.name).exists() or not filecmp.cmp(p, GENERATED_DIR / p.name, shallow=False)
             ]
             if stale:
                 print("generated protobuf code is stale: " + ", ".join(stale), file=sys.stderr)

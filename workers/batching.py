@@ -6,8 +6,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -80,9 +80,7 @@ class Batcher:
         if not texts:
             raise ValueError("nothing to encode")
         if len(self._queue) + len(texts) > self.max_queue:
-            raise Overloaded(
-                f"encoder queue is full ({len(self._queue)} queued, limit {self.max_queue}); retry later"
-            )
+            raise Overloaded(f"encoder queue is full ({len(self._queue)} queued, limit {self.max_queue}); retry later")
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._wakeup = asyncio.Event()

@@ -8,7 +8,7 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(requested: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible to this process, else "cpu"; anything else is kept."""
+    """ "auto" -> "cuda" when a GPU is visible to this process, else "cpu"; anything else is kept."""
     import torch
 
     if requested == "auto":

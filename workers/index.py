@@ -36,10 +36,8 @@ class FaissIndex:
     Thread-safe: search runs in worker threads off the event loop.
     """
 
-    def __init__(self, dim: int, factory: str = "Flat", nprobe: int = 16, ef_search: int = 64,
-                 use_gpu: str = "auto"):
+    def __init__(self, dim: int, factory: str = "Flat", nprobe: int = 16, ef_search: int = 64, use_gpu: str = "auto"):
         import faiss
-
         from bertrec.workers.faiss_gpu import gpu_available
 
         self.dim = dim
@@ -115,9 +113,7 @@ class FaissIndex:
         ivf = self._faiss.try_extract_index_ivf(self._cpu_index)
         needed = ivf.nlist if ivf is not None else 1
         if len(vectors) < needed:
-            raise ValueError(
-                f"index {self.factory!r} needs at least {needed} vectors in its first batch to train"
-            )
+            raise ValueError(f"index {self.factory!r} needs at least {needed} vectors in its first batch to train")
         logger.info("training index %s on %d vectors", self.factory, len(vectors))
         self._cpu_index.train(vectors)
         self._maybe_to_gpu()
@@ -146,8 +142,10 @@ class FaissIndex:
             total = self._index.ntotal
             self._check_search_width(k + self.dead)
             if total == 0 or k <= 0:
-                return (np.full((len(queries), max(k, 0)), -np.inf, np.float32),
-                        np.full((len(queries), max(k, 0)), -1, np.int64))
+                return (
+                    np.full((len(queries), max(k, 0)), -np.inf, np.float32),
+                    np.full((len(queries), max(k, 0)), -1, np.int64),
+                )
             # Over-fetch by the dead rows so k live results survive the filter.
             fetch = min(total, k + self.dead)
             scores, internal = self._index.search(queries, fetch)
@@ -184,8 +182,14 @@ class FaissIndex:
             meta_path.unlink(missing_ok=True)
             self._faiss.write_index(cpu, str(folder / "index.faiss.tmp"))
             np.save(folder / "ids.tmp.npy", self._item_of_internal)
-            meta = {"version": version, "dim": self.dim, "factory": self.factory, "dead": self.dead,
-                    "supports_remove": self._supports_remove, **(extra_meta or {})}
+            meta = {
+                "version": version,
+                "dim": self.dim,
+                "factory": self.factory,
+                "dead": self.dead,
+                "supports_remove": self._supports_remove,
+                **(extra_meta or {}),
+            }
         (folder / "index.faiss.tmp").replace(folder / "index.faiss")
         (folder / "ids.tmp.npy").replace(folder / "ids.npy")
         tmp = folder / "meta.json.tmp"

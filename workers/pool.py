@@ -58,7 +58,6 @@ class RayEncoderPool:
 
     async def start(self) -> None:
         import ray
-
         from bertrec.workers.replica import EncoderReplica
 
         ensure_ray(self.workers_config)
@@ -113,7 +112,9 @@ class RayEncoderPool:
     async def encode(self, texts: list[str], deadline: float | None = None) -> np.ndarray:
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        chunks = [texts[i : i + SPLIT_TEXTS] for i in range(0, len(texts), SPLIT_TEXTS)]
+        # Never larger than a replica's queue, or the chunk could not be admitted at all.
+        size = max(1, min(SPLIT_TEXTS, self.workers_config.max_queue))
+        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
         parts = await asyncio.gather(*(self._encode_chunk(c, deadline) for c in chunks))
         return np.concatenate(parts, axis=0)
 

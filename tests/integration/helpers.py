@@ -21,8 +21,14 @@ def catalogue():
 def make_config(data_dir, **sections):
     """Small, fast settings: two half-CPU replicas so several servers fit one 2-CPU Ray."""
     overrides = {
-        "server": {"host": "127.0.0.1", "port": 0, "max_k": 100, "max_text_chars": 2000,
-                   "max_items_per_request": 500, "snapshot_interval_s": 3600.0},
+        "server": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "max_k": 100,
+            "max_text_chars": 2000,
+            "max_items_per_request": 500,
+            "snapshot_interval_s": 3600.0,
+        },
         "store": {"data_dir": str(data_dir), "load_demo": False},
         "workers": {"replicas": 2, "cpus_per_replica": 0.5, "max_queue": 4096},
     }

@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 import pytest
-
 from bertrec.client import AsyncClient, Client, Item, NotFound
+
 from bertrec.types import RecommendQuery, Stage, UserQuery
 from tests.integration.helpers import catalogue, make_config
 
@@ -53,9 +53,7 @@ def test_recommend_streams_complete_ordered_unseen_results(service):
     assert all(r.item is not None and r.item.text for r in results)
     assert all(r.because_item_id in seen for r in results)
     # The scores are the exact cosine between the user's pooled vector and the item vector.
-    user_vector = asyncio.run_coroutine_threadsafe(
-        server.state.profiles.for_user(user), server.loop
-    ).result().vector
+    user_vector = asyncio.run_coroutine_threadsafe(server.state.profiles.for_user(user), server.loop).result().vector
     stored = server.state.store.get_vectors([r.item_id for r in results], server.state.catalog.model)
     for r in results:
         assert r.score == pytest.approx(float(stored[r.item_id] @ user_vector), abs=1e-5)
@@ -73,8 +71,9 @@ def test_exclude_seen_off_and_explicit_history(service):
 
 def test_text_query_and_filters(service):
     _, client = service
-    results = list(client.recommend(text="animated film for children", k=10, include_items=True,
-                                    filters={"genres": "Animation"}))
+    results = list(
+        client.recommend(text="animated film for children", k=10, include_items=True, filters={"genres": "Animation"})
+    )
     assert results and all("Animation" in r.item.metadata["genres"] for r in results)
     assert all(r.because_item_id == 0 for r in results)
 

@@ -5,9 +5,9 @@ import logging
 
 import grpc
 import pytest
+from bertrec.server.errors import GENERIC_INTERNAL, grpc_errors
 
 from bertrec import errors
-from bertrec.server.errors import GENERIC_INTERNAL, grpc_errors
 
 
 class RecordingContext:
@@ -74,7 +74,7 @@ def test_unexpected_error_is_internal_with_generic_message(caplog):
 
 
 def test_client_maps_codes_back_to_the_same_classes():
-    for exc, code in CASES:
+    for _, code in CASES:
         back = errors.error_for_code(code, "x")
         assert isinstance(back, errors.BertrecError) and back.code == code
     assert type(errors.error_for_code(grpc.StatusCode.NOT_FOUND, "x")) is errors.NotFound

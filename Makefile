@@ -1,0 +1,33 @@
+# Targets CI runs, plus the demo. PYTHON is the project's virtual environment.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+BERTREC := $(VENV)/bin/bertrec
+
+.PHONY: setup demo test lint protos protos-check bench
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+
+# torch first and pinned: an open range would pull a multi-GB CUDA build on a CPU machine.
+setup: $(PYTHON)
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet -e ".[server,dev]"
+
+demo: setup
+	$(BERTREC) serve
+
+test:
+	$(PYTHON) -m pytest
+
+lint:
+	$(VENV)/bin/ruff check bertrec server workers client store tests bench tools
+
+protos:
+	$(PYTHON) tools/gen_protos.py
+
+protos-check:
+	$(PYTHON) tools/gen_protos.py --check
+
+bench:
+	$(PYTHON) bench/service.py

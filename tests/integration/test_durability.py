@@ -1,0 +1,100 @@
+"""Restarts: a new server process on the same data dir keeps every acknowledged item and interaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bertrec.client import Client
+
+from tests.integration.helpers import catalogue
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`bertrec serve` in its own process, joined to the test's Ray cluster."""
+
+    def __init__(self, data_dir: Path, gcs_address: str, log_path: Path):
+        self.port = _free_port()
+        env = {
+            **os.environ,
+            "BERTREC_WORKERS_CPUS_PER_REPLICA": "0.5",
+            "BERTREC_SERVER_SNAPSHOT_INTERVAL_S": "3600",
+            "GRPC_VERBOSITY": "ERROR",
+        }
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bertrec.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(data_dir),
+                "--no-demo",
+                "--replicas",
+                "1",
+                "--ray-address",
+                gcs_address,
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.client = Client(f"127.0.0.1:{self.port}", timeout_s=60)
+        self.client.wait_until_serving(240)
+
+    def kill(self, sig: int) -> None:
+        self.client.close()
+        self.proc.send_signal(sig)
+        self.proc.wait(60)
+        self.log.close()
+
+
+def test_restart_keeps_everything_and_reuses_vectors(ray_cluster, tmp_path):
+    gcs = ray_cluster.get_runtime_context().gcs_address
+    data_dir = tmp_path / "data"
+    items, ratings = catalogue()
+    items, ids = items[:120], {i.id for i in items[:120]}
+    ratings = [r for r in ratings if r.item_id in ids]
+    user = ratings[0].user_id
+
+    first = ServerProcess(data_dir, gcs, tmp_path / "server.log")
+    first.client.upsert_items(items)
+    first.client.record_interactions(ratings)
+    before = [r.item_id for r in first.client.recommend(user, k=10)]
+    first.kill(signal.SIGKILL)  # a crash: no shutdown hook runs
+
+    second = ServerProcess(data_dir, gcs, tmp_path / "server.log")
+    info = second.client.info()
+    assert (info.item_count, info.index_size, info.interaction_count) == (len(items), len(items), len(ratings))
+    assert [r.item_id for r in second.client.recommend(user, k=10)] == before
+    assert sum(r.encoded_texts for r in second.client.info().replicas) == 0  # vectors came from the store
+    second.kill(signal.SIGTERM)  # graceful: the index snapshot is written
+    assert second.proc.returncode == 0
+
+    store_version = info.store_version
+    meta = json.loads((data_dir / "index" / "meta.json").read_text())
+    assert meta["version"] == store_version
+
+    third = ServerProcess(data_dir, gcs, tmp_path / "server.log")
+    assert [r.item_id for r in third.client.recommend(user, k=10)] == before
+    assert third.client.info().index_size == len(items)
+    third.kill(signal.SIGTERM)
+    log = (tmp_path / "server.log").read_text()
+    assert "index snapshot loaded" in log
