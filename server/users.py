@@ -64,9 +64,14 @@ class UserProfiles:
         return self.hits / total if total else 0.0
 
     async def for_user(self, user_id: str) -> UserProfile:
-        entries, key = await asyncio.to_thread(self.store.history, user_id, self.max_history)
+        # The most recent liked items form the taste; a user who has liked nothing yet is
+        # represented by what they have seen, which beats refusing a known user.
+        entries, key = await asyncio.to_thread(self.store.history, user_id, self.max_history, True)
         if not entries:
-            raise NotFound(f"unknown user {user_id!r}: no interactions recorded")
+            seen, key = await asyncio.to_thread(self.store.history, user_id, self.max_history)
+            if not seen:
+                raise NotFound(f"unknown user {user_id!r}: no interactions recorded")
+            entries = [HistoryEntry(e.item_id, e.timestamp, 1.0) for e in seen]
         cached = self._cache.get(user_id)
         if cached is not None and cached[0] == key:
             self.hits += 1

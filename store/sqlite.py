@@ -200,10 +200,13 @@ class SQLiteStore:
 
         return self._write(write)
 
-    def history(self, user_id: str, limit: int) -> tuple[list[HistoryEntry], int]:
-        """The user's `limit` most recent interactions, oldest first, and a key that changes with them."""
+    def history(self, user_id: str, limit: int, liked_only: bool = False) -> tuple[list[HistoryEntry], int]:
+        """The user's `limit` most recent interactions (only weight > 0 ones if `liked_only`), oldest
+        first, and a key that changes whenever an interaction of the user is added or removed."""
+        liked = " AND weight > 0" if liked_only else ""
         rows = self._read(
-            "SELECT item_id, ts, weight, seq FROM interactions WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
+            f"SELECT item_id, ts, weight, seq FROM interactions WHERE user_id = ?{liked} "
+            "ORDER BY ts DESC, seq DESC LIMIT ?",
             (user_id, limit),
         )
         key = self._read("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = ?", (user_id,))[0][0]

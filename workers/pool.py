@@ -112,8 +112,10 @@ class RayEncoderPool:
     async def encode(self, texts: list[str], deadline: float | None = None) -> np.ndarray:
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        # Never larger than a replica's queue, or the chunk could not be admitted at all.
-        size = max(1, min(SPLIT_TEXTS, self.workers_config.max_queue))
+        # Every replica gets a share of a large request, and no chunk is larger than a replica's
+        # queue (it could never be admitted).
+        share = -(-len(texts) // len(self.replicas))
+        size = max(1, min(SPLIT_TEXTS, self.workers_config.max_queue, share))
         chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
         parts = await asyncio.gather(*(self._encode_chunk(c, deadline) for c in chunks))
         return np.concatenate(parts, axis=0)

@@ -52,3 +52,14 @@ def test_writes_survive_reopen(tmp_path):
     assert reopened.get_items([7])[7].text == "seven"
     assert reopened.version() == version
     assert reopened.counts()["interactions"] == 1
+
+
+def test_liked_history_skips_disliked(tmp_path):
+    store = SQLiteStore(tmp_path)
+    store.upsert_items([Item(i, f"item {i}") for i in range(1, 4)], {}, "")
+    store.record_interactions(
+        [Interaction("u", 1, 10, 1.0), Interaction("u", 2, 20, -1.0), Interaction("u", 3, 30, 0.0)]
+    )
+    liked, key = store.history("u", 10, liked_only=True)
+    assert [h.item_id for h in liked] == [1]
+    assert store.history("u", 10)[1] == key  # one key for both views

@@ -1,0 +1,67 @@
+"""Benchmark plumbing: a served `bertrec` in its own process, timing helpers, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
+    a = np.asarray(samples_s) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99))}
+
+
+class ServedBertrec:
+    """`bertrec serve` in a subprocess; `started_s` is the time from launch to SERVING."""
+
+    def __init__(self, data_dir: Path, *extra: str, log: Path | None = None):
+        from bertrec.client import Client
+
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "RAY_AUTH_MODE": "disabled"}
+        self._log = open(log or data_dir.with_suffix(".log"), "ab")
+        began = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bertrec.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
+             *extra],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        with Client(self.target) as client:
+            client.wait_until_serving(900, poll_s=0.1)
+        self.started_s = time.perf_counter() - began
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(120)
+        self._log.close()
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"date": date.today().isoformat(), "machine": machine(), **payload}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path
