@@ -29,8 +29,11 @@ def machine() -> str:
 
 def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
     a = np.asarray(samples_s) * 1000
-    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99))}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+    }
 
 
 class ServedBertrec:
@@ -45,9 +48,20 @@ class ServedBertrec:
         self._log = open(log or data_dir.with_suffix(".log"), "ab")
         began = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bertrec.cli", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
-             *extra],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "bertrec.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(data_dir),
+                *extra,
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         with Client(self.target) as client:
             client.wait_until_serving(900, poll_s=0.1)

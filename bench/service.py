@@ -184,10 +184,14 @@ def main() -> int:
     print(f"start-up: cold (demo ingest + encode 9742 items) {cold_start_s:.1f}s, warm restart {warm_start_s:.1f}s")
     print(f"ingest (UpsertItems, new text): {ingest:.0f} items/s")
     print(f"encode in-process sentence-transformers: {med['in_process']:.0f} texts/s")
-    print(f"encode via service, 32 callers x 1 text: {med['single']:.0f} texts/s "
-          f"({result['encode']['ratio_single_32_callers']:.2f}x)")
-    print(f"encode via service, batches of 64:       {med['batched']:.0f} texts/s "
-          f"({result['encode']['ratio_batched']:.2f}x)")
+    print(
+        f"encode via service, 32 callers x 1 text: {med['single']:.0f} texts/s "
+        f"({result['encode']['ratio_single_32_callers']:.2f}x)"
+    )
+    print(
+        f"encode via service, batches of 64:       {med['batched']:.0f} texts/s "
+        f"({result['encode']['ratio_batched']:.2f}x)"
+    )
     print(f"{'concurrency':>11} {'rps':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for r in recommend:
         print(f"{r['concurrency']:>11} {r['rps']:7.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} {r['p99_ms']:8.1f}")

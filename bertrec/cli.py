@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,31 +91,13 @@ def _ingest(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.items:
             items = list(_items_from(Path(args.items)))
-            summary = None
+            totals = Counter()
             with tqdm(total=len(items), desc="items", unit="item") as bar:
                 for start in range(0, len(items), args.batch_size * 8):
                     part = items[start : start + args.batch_size * 8]
-                    s = client.upsert_items(part, batch_size=args.batch_size)
-                    summary = (
-                        s
-                        if summary is None
-                        else type(s)(
-                            *(
-                                a + b
-                                for a, b in zip(
-                                    (
-                                        summary.received,
-                                        summary.inserted,
-                                        summary.updated,
-                                        summary.unchanged,
-                                        summary.encoded,
-                                    ),
-                                    (s.received, s.inserted, s.updated, s.unchanged, s.encoded),
-                                )
-                            )
-                        )
-                    )
+                    totals.update(dataclasses.asdict(client.upsert_items(part, batch_size=args.batch_size)))
                     bar.update(len(part))
+            summary = ", ".join(f"{k}={v}" for k, v in totals.items())
             print(f"items: {summary}")
         if args.interactions:
             rows = list(_interactions_from(Path(args.interactions)))
@@ -170,8 +154,6 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    import dataclasses
-
     with _client(args) as client:
         info = client.info()
     if args.json:
@@ -240,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # gRPC core's INFO lines (fork handlers while Ray starts processes) are noise for operators.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from bertrec.errors import BertrecError

@@ -2,7 +2,6 @@
 
 from bertrec.client.aio import AsyncClient
 from bertrec.client.sync import Client
-
 from bertrec.errors import (
     BertrecError,
     DeadlineExceeded,

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
-from bertrec.client import _build as b
-from bertrec.client.sync import MAX_MESSAGE_BYTES
 
 from bertrec import convert
+from bertrec.client import _build as b
+from bertrec.client.sync import MAX_MESSAGE_BYTES
 from bertrec.errors import DeadlineExceeded
 from bertrec.types import (
     DeleteSummary,

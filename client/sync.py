@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
-from bertrec.client import _build as b
 
 from bertrec import convert
+from bertrec.client import _build as b
 from bertrec.errors import DeadlineExceeded
 from bertrec.types import (
     DeleteSummary,

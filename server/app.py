@@ -9,15 +9,15 @@ import signal
 from pathlib import Path
 
 import grpc
-from bertrec.server.auth import TokenAuthInterceptor
-from bertrec.server.registration import generic_handler
-from bertrec.server.servicers import AdminServicer, CatalogServicer, EmbedderServicer, RecommenderServicer
-from bertrec.server.state import ServiceState
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from bertrec.config import Config
+from bertrec.server.auth import TokenAuthInterceptor
+from bertrec.server.registration import generic_handler
+from bertrec.server.servicers import AdminServicer, CatalogServicer, EmbedderServicer, RecommenderServicer
+from bertrec.server.state import ServiceState
 from bertrec.v1 import recommender_pb2 as pb
 
 logger = logging.getLogger(__name__)

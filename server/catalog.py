@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from bertrec.store import Store
-from bertrec.store.sqlite import text_hash
-from bertrec.workers.index import FaissIndex
 
 from bertrec.config import IndexConfig
+from bertrec.store import Store
+from bertrec.store.sqlite import text_hash
 from bertrec.types import DeleteSummary, Item, UpsertSummary
+from bertrec.workers.index import FaissIndex
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 import numpy as np
-from bertrec.server.catalog import Catalog, TextEncoder
-from bertrec.server.ranking import closest_history, mmr, order_by_score
-from bertrec.server.users import UserProfile, UserProfiles
 
 from bertrec.config import ServerConfig
 from bertrec.errors import DeadlineExceeded, InvalidRequest, NotFound
+from bertrec.server.catalog import Catalog, TextEncoder
+from bertrec.server.ranking import closest_history, mmr, order_by_score
+from bertrec.server.users import UserProfile, UserProfiles
 from bertrec.types import Item, MetadataFilter, RecommendQuery, RerankQuery, ScoredItem, Stage, UserQuery
 
 logger = logging.getLogger(__name__)

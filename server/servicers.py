@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import numpy as np
+
+from bertrec import convert
+from bertrec.errors import InvalidRequest, NotFound, NotReady
 from bertrec.server import validation
 from bertrec.server.errors import grpc_errors
 from bertrec.server.registration import decoded, decoded_stream
 from bertrec.server.state import ServiceState
-
-from bertrec import convert
-from bertrec.errors import InvalidRequest, NotFound, NotReady
 from bertrec.types import ScoredItem
 from bertrec.v1 import recommender_pb2 as pb
 

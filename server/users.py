@@ -7,9 +7,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-from bertrec.store import HistoryEntry, Store
 
 from bertrec.errors import NotFound
+from bertrec.store import HistoryEntry, Store
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from bertrec.store.base import HistoryEntry, ItemRecord
 
+from bertrec.store.base import HistoryEntry, ItemRecord
 from bertrec.types import Interaction, Item
 
 logger = logging.getLogger(__name__)

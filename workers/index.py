@@ -38,6 +38,7 @@ class FaissIndex:
 
     def __init__(self, dim: int, factory: str = "Flat", nprobe: int = 16, ef_search: int = 64, use_gpu: str = "auto"):
         import faiss
+
         from bertrec.workers.faiss_gpu import gpu_available
 
         self.dim = dim

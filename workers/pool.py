@@ -58,6 +58,7 @@ class RayEncoderPool:
 
     async def start(self) -> None:
         import ray
+
         from bertrec.workers.replica import EncoderReplica
 
         ensure_ray(self.workers_config)

@@ -22,6 +22,7 @@ class EncoderReplica:
 
     def __init__(self, name: str, model: ModelConfig, workers: WorkersConfig, torch_threads: int):
         import torch
+
         from bertrec.workers.batching import Batcher
         from bertrec.workers.device import resolve_device
         from bertrec.workers.encoder import BertEncoder

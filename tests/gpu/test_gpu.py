@@ -51,9 +51,8 @@ def test_faiss_gpu_index_matches_cpu():
 
 def test_ray_pins_one_replica_per_gpu():
     ray = pytest.importorskip("ray")
-    from bertrec.workers.pool import RayEncoderPool
-
     from bertrec.config import ModelConfig, WorkersConfig
+    from bertrec.workers.pool import RayEncoderPool
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False)

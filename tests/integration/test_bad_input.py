@@ -7,8 +7,8 @@ import time
 
 import grpc
 import pytest
-from bertrec.client import Client, DeadlineExceeded, InvalidRequest, Item, NotFound
 
+from bertrec.client import Client, DeadlineExceeded, InvalidRequest, Item, NotFound
 from tests.integration.helpers import catalogue, make_config
 
 pytestmark = pytest.mark.integration

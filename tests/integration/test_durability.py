@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from bertrec.client import Client
 
+from bertrec.client import Client
 from tests.integration.helpers import catalogue
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from bertrec.client import Client
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

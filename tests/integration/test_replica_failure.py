@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-from bertrec.client import Client
 
+from bertrec.client import Client
 from tests.integration.helpers import make_config
 
 pytestmark = pytest.mark.integration

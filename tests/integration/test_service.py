@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import numpy as np
 import pytest
-from bertrec.client import AsyncClient, Client, Item, NotFound
 
+from bertrec.client import AsyncClient, Client, Item, NotFound
 from bertrec.types import RecommendQuery, Stage, UserQuery
 from tests.integration.helpers import catalogue, make_config
 
@@ -185,3 +186,60 @@ def test_async_client(service):
     results, info, vectors = asyncio.run(main())
     assert [r.rank for r in results] == list(range(1, 13))
     assert info.dim == len(vectors[0]) == 384
+
+
+def test_reflection_lists_the_services(service):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    server, _ = service
+    with grpc.insecure_channel(server.target) as channel:
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {
+        "bertrec.v1.Recommender",
+        "bertrec.v1.Catalog",
+        "bertrec.v1.Embedder",
+        "bertrec.v1.Admin",
+        "grpc.health.v1.Health",
+    } <= services
+
+
+def test_cli_ingest_jsonl_and_csv_then_recommend_json(service, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    server, client = service
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        "\n".join(
+            json.dumps(
+                {"id": 8_000_000 + i, "text": f"Underwater robot documentary part {i}", "metadata": {"kind": "doc"}}
+            )
+            for i in range(5)
+        )
+    )
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp,weight\ncli-user,8000000,100,1\ncli-user,8000001,200,2\n")
+    base = [sys.executable, "-m", "bertrec.cli"]
+    target = ["--target", server.target]
+    out = subprocess.run(
+        [*base, "ingest", *target, "--items", str(items), "--interactions", str(events)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "inserted=5" in out.stdout and "2 recorded" in out.stdout
+    assert "items: 100%" in out.stderr  # the progress bar
+    rec = subprocess.run(
+        [*base, "recommend", *target, "--user", "cli-user", "--k", "3", "--json", "--filter", "kind=doc"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    results = json.loads(rec.stdout)
+    assert [r["item_id"] for r in results] == [r["item_id"] for r in results if r["metadata"] == {"kind": "doc"}]
+    assert {r["item_id"] for r in results} <= {8_000_002, 8_000_003, 8_000_004}
+    client.forget_user("cli-user")
+    client.delete_items([8_000_000 + i for i in range(5)])

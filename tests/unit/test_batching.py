@@ -5,9 +5,9 @@ import time
 
 import numpy as np
 import pytest
-from bertrec.workers.batching import Batcher
 
 from bertrec.errors import DeadlineExceeded, Overloaded
+from bertrec.workers.batching import Batcher
 
 
 class RecordingEncoder:

@@ -5,9 +5,9 @@ import logging
 
 import grpc
 import pytest
-from bertrec.server.errors import GENERIC_INTERNAL, grpc_errors
 
 from bertrec import errors
+from bertrec.server.errors import GENERIC_INTERNAL, grpc_errors
 
 
 class RecordingContext:

@@ -1,6 +1,7 @@
 """Ranking arithmetic against hand-worked cases."""
 
 import numpy as np
+
 from bertrec.server.ranking import closest_history, mmr, order_by_score, tie_break_keys
 
 

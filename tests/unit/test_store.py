@@ -1,8 +1,8 @@
 """SQLiteStore on a real file: versions, vectors kept across metadata-only updates, history, durability."""
 
 import numpy as np
-from bertrec.store import SQLiteStore
 
+from bertrec.store import SQLiteStore
 from bertrec.types import Interaction, Item
 
 

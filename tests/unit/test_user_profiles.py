@@ -1,6 +1,7 @@
 """History pooling: recency-weighted mean of liked items only."""
 
 import numpy as np
+
 from bertrec.server.users import pool_history
 from bertrec.store import HistoryEntry
 
