@@ -57,6 +57,7 @@ class FaissIndex:
         self._supports_remove = True
         self.dead = 0
         self._apply_search_params()
+        self._maybe_to_gpu()  # indexes that need no training (Flat, HNSW) move now, IVF after training
 
     @property
     def device(self) -> str:
