@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ServedBertrec, percentiles_ms, write_results  # noqa: E402
+from bench.common import RESULTS, ServedBertrec, percentiles_ms, write_results  # noqa: E402
 
 
 def demo_texts(n: int) -> list[str]:
@@ -139,12 +139,14 @@ def main() -> int:
 
     from bertrec.workers.encoder import default_model_path
 
+    log_path = RESULTS / "service-server.log"
+    log_path.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        server = ServedBertrec(data, log=Path(tmp) / "serve.log")
+        server = ServedBertrec(data, log=log_path)
         cold_start_s = server.started_s
         server.stop()
-        server = ServedBertrec(data, log=Path(tmp) / "serve.log")
+        server = ServedBertrec(data, log=log_path)
         warm_start_s = server.started_s
         try:
             texts = demo_texts(args.texts)

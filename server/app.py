@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -91,9 +92,12 @@ class BertrecServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Health flips to NOT_SERVING first, in-flight streams get `grace_s` to finish."""
+        began = time.monotonic()
         await self._set_health(False)
         await self.server.stop(self.config.server.grace_s if grace_s is None else grace_s)
+        drained = time.monotonic()
         await self.state.close()
+        logger.info("stopped: drained in %.2fs, closed in %.2fs", drained - began, time.monotonic() - drained)
 
 
 def create_server(config: Config) -> tuple[BertrecServer, int]:
