@@ -171,6 +171,23 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from bertrec.evaluation.data import load_generic, load_movielens
+    from bertrec.evaluation.experiment import ALL_METHODS, run_evaluation
+    from bertrec.movielens import bundled_path
+
+    if args.items:
+        dataset = load_generic(args.items, args.interactions, template=args.template or "{text}",
+                               positive_threshold=args.positive_threshold)
+    else:
+        dataset = load_movielens(args.movielens or bundled_path(), template=args.template or "title")
+    splits = ["warm", "cold", "low-resource"] if args.split == "all" else [args.split]
+    methods = list(ALL_METHODS) if not args.methods else args.methods.split(",")
+    run_evaluation(dataset, splits, methods, args.seeds, Path(args.out), model_path=args.model or "")
+    print((Path(args.out) / "evaluation.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertrec", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -213,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--diversity", type=float, default=0.0)
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(func=_recommend)
+
+    ev = sub.add_parser("evaluate", help="offline metrics of every method on deterministic splits")
+    ev.add_argument("--movielens", help="MovieLens folder (default: the bundled MovieLens-small)")
+    ev.add_argument("--items", help="generic items file (CSV, JSONL or Parquet): id, text[, metadata]")
+    ev.add_argument("--interactions", help="generic interactions file: user_id, item_id[, timestamp, weight]")
+    ev.add_argument("--positive-threshold", type=float, default=1.0, help="generic data: weight >= this is a positive")
+    ev.add_argument("--template", help="item text template: title | title_genres | title_genres_tags | a format string")
+    ev.add_argument("--split", default="all", choices=["all", "warm", "cold", "low-resource"])
+    ev.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
+    ev.add_argument("--seeds", type=int, default=5, help="random draws for the cold and low-resource splits")
+    ev.add_argument("--model", help="encoder checkpoint for the text methods (default: packaged MiniLM)")
+    ev.add_argument("--out", default="evaluation-results")
+    ev.set_defaults(func=_evaluate)
 
     stats = sub.add_parser("stats", help="model, replicas, index and catalogue sizes")
     client_flags(stats)

@@ -1,0 +1,1 @@
+"""Offline evaluation: loaders, deterministic splits, metrics, baselines and reports."""
