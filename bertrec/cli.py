@@ -153,6 +153,20 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    with _client(args) as client, tqdm(desc="swap", unit="item") as bar:
+        for stage, done, total, message in client.load_model(args.path, force=args.force):
+            bar.set_description(stage)
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+            if message:
+                bar.write(message)
+    return 0
+
+
 def _stats(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.info()
@@ -172,19 +186,85 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from bertrec.evaluation.experiment import ALL_METHODS, checkpoint_split, run_evaluation
+
+    dataset = _load_dataset(args)
+    splits = ["warm", "cold", "low-resource"] if args.split == "all" else [args.split]
+    methods = list(ALL_METHODS) if not args.methods else args.methods.split(",")
+    seeds: int | list[int] = args.seeds
+    trained_on = checkpoint_split(args.model or "")
+    if trained_on:
+        # A fine-tuned encoder saw one split's training data; any other split's test items may
+        # be among what it learned from, so only that split and draw are fair to evaluate.
+        if splits != [trained_on[0]]:
+            print(
+                f"error: {args.model} was trained on the {trained_on[0]} split (seed {trained_on[1]}); "
+                f"evaluate it with --split {trained_on[0]}",
+                file=sys.stderr,
+            )
+            return 2
+        seeds = [trained_on[1]]
+    run_evaluation(dataset, splits, methods, seeds, Path(args.out), model_path=args.model or "")
+    print((Path(args.out) / "evaluation.md").read_text())
+    return 0
+
+
+def _load_dataset(args: argparse.Namespace):
     from bertrec.evaluation.data import load_generic, load_movielens
-    from bertrec.evaluation.experiment import ALL_METHODS, run_evaluation
     from bertrec.movielens import bundled_path
 
     if args.items:
-        dataset = load_generic(args.items, args.interactions, template=args.template or "{text}",
-                               positive_threshold=args.positive_threshold)
-    else:
-        dataset = load_movielens(args.movielens or bundled_path(), template=args.template or "title")
-    splits = ["warm", "cold", "low-resource"] if args.split == "all" else [args.split]
-    methods = list(ALL_METHODS) if not args.methods else args.methods.split(",")
-    run_evaluation(dataset, splits, methods, args.seeds, Path(args.out), model_path=args.model or "")
-    print((Path(args.out) / "evaluation.md").read_text())
+        return load_generic(
+            args.items,
+            args.interactions,
+            template=args.template or "{text}",
+            positive_threshold=args.positive_threshold,
+        )
+    return load_movielens(args.movielens or bundled_path(), template=args.template or "title")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from bertrec.evaluation.splits import SPLITS, validation_split
+    from bertrec.training.trainer import ContrastiveTrainer, TrainConfig
+    from bertrec.training.validation import make_validator
+
+    dataset = _load_dataset(args)
+    split = SPLITS[args.split](dataset, seed=args.split_seed)
+    config = TrainConfig(
+        init_from=args.resume or args.init_from or "",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        freeze_layers=args.freeze_layers,
+        max_length=args.max_length,
+        max_steps=args.max_steps,
+        logq_correction=not args.no_logq,
+        seed=args.seed,
+        split=args.split,
+        split_seed=args.split_seed,
+        device=args.device,
+    )
+    if args.workers > 1:
+        from bertrec.training.distributed import train_distributed
+
+        if args.ray_address:
+            import ray
+
+            ray.init(address=args.ray_address)
+        metrics = train_distributed(
+            config, dataset, split.train, args.out, num_workers=args.workers, use_gpu=args.use_gpu
+        )
+        print(json.dumps(metrics, indent=2))
+        print(f"checkpoint: {args.out}")
+        return 0
+    trainer = ContrastiveTrainer(config, dataset, split.train, args.out)
+    if args.resume:
+        trainer.resume(Path(args.resume))
+    validate = make_validator(trainer, dataset, validation_split(split)) if not args.no_validate else None
+    summary = trainer.train(validate, validate_every=args.validate_every, checkpoint_every=args.checkpoint_every)
+    print(json.dumps(summary, indent=2))
+    print(f"checkpoint: {args.out}")
     return 0
 
 
@@ -231,18 +311,52 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--json", action="store_true")
     rec.set_defaults(func=_recommend)
 
+    def data_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--movielens", help="MovieLens folder (default: the bundled MovieLens-small)")
+        p.add_argument("--items", help="generic items file (CSV, JSONL or Parquet): id, text[, metadata]")
+        p.add_argument("--interactions", help="generic interactions file: user_id, item_id[, timestamp, weight]")
+        p.add_argument("--positive-threshold", type=float, default=1.0, help="generic data: weight >= this is liked")
+        p.add_argument("--template", help="item text: title | title_genres | title_genres_tags | a format string")
+
+    tr = sub.add_parser("train", help="fine-tune the encoder on a split's training interactions")
+    data_flags(tr)
+    tr.add_argument("--out", required=True, help="checkpoint folder (Hugging Face format + model card)")
+    tr.add_argument("--split", default="warm", choices=["warm", "cold", "low-resource"])
+    tr.add_argument("--split-seed", type=int, default=0)
+    tr.add_argument("--init-from", help="start from this checkpoint (default: packaged MiniLM)")
+    tr.add_argument("--resume", help="continue an interrupted run from its checkpoint folder")
+    tr.add_argument("--epochs", type=float, default=1.0)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=3e-5)
+    tr.add_argument("--temperature", type=float, default=0.05)
+    tr.add_argument("--freeze-layers", type=int, default=0)
+    tr.add_argument("--max-length", type=int, default=32)
+    tr.add_argument("--max-steps", type=int, default=0)
+    tr.add_argument("--no-logq", action="store_true", help="disable the popularity (logQ) correction")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--validate-every", type=int, default=0, help="steps between validations (0 = at the end)")
+    tr.add_argument("--checkpoint-every", type=int, default=0)
+    tr.add_argument("--no-validate", action="store_true")
+    tr.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (TorchTrainer)")
+    tr.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker")
+    tr.add_argument("--ray-address", help="Ray cluster for --workers (default: a local Ray)")
+    tr.set_defaults(func=_train)
+
     ev = sub.add_parser("evaluate", help="offline metrics of every method on deterministic splits")
-    ev.add_argument("--movielens", help="MovieLens folder (default: the bundled MovieLens-small)")
-    ev.add_argument("--items", help="generic items file (CSV, JSONL or Parquet): id, text[, metadata]")
-    ev.add_argument("--interactions", help="generic interactions file: user_id, item_id[, timestamp, weight]")
-    ev.add_argument("--positive-threshold", type=float, default=1.0, help="generic data: weight >= this is a positive")
-    ev.add_argument("--template", help="item text template: title | title_genres | title_genres_tags | a format string")
+    data_flags(ev)
     ev.add_argument("--split", default="all", choices=["all", "warm", "cold", "low-resource"])
     ev.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
     ev.add_argument("--seeds", type=int, default=5, help="random draws for the cold and low-resource splits")
     ev.add_argument("--model", help="encoder checkpoint for the text methods (default: packaged MiniLM)")
     ev.add_argument("--out", default="evaluation-results")
     ev.set_defaults(func=_evaluate)
+
+    swap = sub.add_parser("load-model", help="hot-swap the served encoder for a checkpoint")
+    client_flags(swap)
+    swap.add_argument("path", help="checkpoint folder, relative to the server's checkpoints folder")
+    swap.add_argument("--force", action="store_true", help="swap even if its stored evaluation is worse")
+    swap.set_defaults(func=_load_model)
 
     stats = sub.add_parser("stats", help="model, replicas, index and catalogue sizes")
     client_flags(stats)

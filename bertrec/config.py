@@ -51,6 +51,8 @@ class ModelConfig:
     """Token cap per text; batches pad only to their longest member."""
     device: str = "auto"
     """auto = cuda when visible, else cpu. Resolved inside each replica."""
+    checkpoints_dir: str = ""
+    """The only folder LoadModel may load checkpoints from; empty = <data_dir>/checkpoints."""
 
 
 @dataclass(frozen=True)

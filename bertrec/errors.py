@@ -19,6 +19,12 @@ class NotFound(BertrecError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class FailedPrecondition(BertrecError):
+    """The request is valid but the service's state refuses it (e.g. a worse model swap)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Overloaded(BertrecError):
     """A bounded queue is full: the caller should back off."""
 
@@ -54,6 +60,7 @@ class InternalError(BertrecError):
 _BY_CODE: dict[grpc.StatusCode, type[BertrecError]] = {
     InvalidRequest.code: InvalidRequest,
     NotFound.code: NotFound,
+    FailedPrecondition.code: FailedPrecondition,
     Overloaded.code: Overloaded,
     DeadlineExceeded.code: DeadlineExceeded,
     NotReady.code: NotReady,

@@ -232,6 +232,13 @@ class AsyncClient:
     async def info(self, timeout_s: float | None = None) -> ServiceInfo:
         return convert.info_from_pb(await self._unary(self._admin.Info, pb.InfoRequest(), timeout_s))
 
+    async def load_model(
+        self, model_path: str, force: bool = False, timeout_s: float = 3600.0
+    ) -> AsyncIterator[tuple[str, int, int, str]]:
+        request = pb.LoadModelRequest(model_path=model_path, force=force)
+        async for p in self._server_stream(self._admin.LoadModel, request, timeout_s):
+            yield p.stage, p.done, p.total, p.message
+
     async def is_serving(self, timeout_s: float = 2.0) -> bool:
         try:
             return b.health_status(await self._health(b"", timeout=timeout_s)) == b.SERVING

@@ -249,6 +249,14 @@ class Client:
     def info(self, timeout_s: float | None = None) -> ServiceInfo:
         return convert.info_from_pb(self._unary(self._admin.Info, pb.InfoRequest(), timeout_s))
 
+    def load_model(
+        self, model_path: str, force: bool = False, timeout_s: float = 3600.0
+    ) -> Iterator[tuple[str, int, int, str]]:
+        """Hot-swap the served encoder; yields (stage, done, total, message) until "done"."""
+        request = pb.LoadModelRequest(model_path=model_path, force=force)
+        for p in self._server_stream(self._admin.LoadModel, request, timeout_s):
+            yield p.stage, p.done, p.total, p.message
+
     def is_serving(self, timeout_s: float = 2.0) -> bool:
         try:
             return b.health_status(self._health(b"", timeout=timeout_s)) == b.SERVING

@@ -41,7 +41,11 @@ class Dataset:
 
     def subset(self, mask: np.ndarray) -> Dataset:
         return Dataset(
-            self.items, self.users[mask], self.item_ids[mask], self.timestamps[mask], self.weights[mask],
+            self.items,
+            self.users[mask],
+            self.item_ids[mask],
+            self.timestamps[mask],
+            self.weights[mask],
             self.positive_threshold,
         )
 
@@ -101,8 +105,9 @@ def load_movielens(folder: str | Path, template: str = "title", top_tags: int = 
     )
 
 
-def load_generic(items_path: str | Path, interactions_path: str | Path, template: str = "{text}",
-                 positive_threshold: float = 1.0) -> Dataset:
+def load_generic(
+    items_path: str | Path, interactions_path: str | Path, template: str = "{text}", positive_threshold: float = 1.0
+) -> Dataset:
     """items: id, text, optional metadata (JSON object); interactions: user_id, item_id, optional
     timestamp and weight (default 1). CSV, JSONL or Parquet, by file extension."""
     items = []
@@ -119,7 +124,8 @@ def load_generic(items_path: str | Path, interactions_path: str | Path, template
         users=np.array([str(r["user_id"]) for r in rows]),
         item_ids=np.array([int(r["item_id"]) for r in rows], dtype=np.int64),
         timestamps=np.array([float(r.get("timestamp") or 0.0) for r in rows]),
-        weights=np.array([float(r.get("weight") if r.get("weight") not in (None, "") else 1.0) for r in rows],
-                         dtype=np.float32),
+        weights=np.array(
+            [float(r.get("weight") if r.get("weight") not in (None, "") else 1.0) for r in rows], dtype=np.float32
+        ),
         positive_threshold=positive_threshold,
     )

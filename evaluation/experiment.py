@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -45,6 +46,15 @@ def encode_catalogue(dataset: Dataset, model_path: str, cache_dir: Path) -> np.n
     return vectors
 
 
+def checkpoint_split(model_path: str) -> tuple[str, int] | None:
+    """The split (and seed) whose training data a fine-tuned checkpoint saw, if it records one."""
+    record = Path(model_path) / "bertrec_training.json"
+    if not model_path or not record.exists():
+        return None
+    config = json.loads(record.read_text())["config"]
+    return config["split"], config["split_seed"]
+
+
 def make_factory(name: str, vectors: np.ndarray | None, seed: int):
     if name == "random":
         return lambda **p: m.Random(seed=seed)
@@ -77,21 +87,28 @@ def run_evaluation(
     dataset: Dataset,
     split_names: list[str],
     method_names: list[str],
-    seeds: int,
+    seeds: int | list[int],
     out_dir: Path,
     model_path: str = "",
 ) -> dict:
+    """`seeds`: how many random draws (0..n-1) of the cold and low-resource splits, or which ones."""
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     needs_text = any(n in ("zero-shot", "zero-shot + popularity") for n in method_names)
     vectors = encode_catalogue(dataset, model_path, out_dir / "cache") if needs_text else None
     results = []
     params_used: dict = {}
     for split_name in split_names:
-        split_seeds = range(seeds) if split_name != "warm" else range(1)  # warm has no randomness
+        split_seeds = seed_list if split_name != "warm" else seed_list[:1]  # warm has no randomness
         tuned: dict[str, dict] = {}
         for seed in split_seeds:
             split = SPLITS[split_name](dataset, seed=seed)
-            logger.info("%s split, seed %d: %d test users, %d candidates", split_name, seed, len(split.test),
-                        len(split.candidate_ids))
+            logger.info(
+                "%s split, seed %d: %d test users, %d candidates",
+                split_name,
+                seed,
+                len(split.test),
+                len(split.candidate_ids),
+            )
             for name in method_names:
                 factory = make_factory(name, vectors, seed)
                 if name not in tuned:  # tuned once per split kind, on the first seed's validation data
@@ -100,13 +117,24 @@ def run_evaluation(
                 result = run_method(factory(**tuned[name]), split)
                 result.params = tuned[name]
                 results.append(result)
-                logger.info("  %-24s ndcg@10 %.4f  recall@20 %.4f  (%.1fs)", name, result.mean("ndcg@10"),
-                            result.mean("recall@20"), time.perf_counter() - began)
+                logger.info(
+                    "  %-24s ndcg@10 %.4f  recall@20 %.4f  (%.1fs)",
+                    name,
+                    result.mean("ndcg@10"),
+                    result.mean("recall@20"),
+                    time.perf_counter() - began,
+                )
         params_used[split_name] = tuned
     summary = summarise(results, reference=REFERENCE if REFERENCE in method_names else None)
-    meta = {"splits": split_names, "methods": method_names, "seeds": seeds, "params": params_used,
-            "model": model_path or "all-MiniLM-L6-v2 (packaged)", "items": len(dataset.items),
-            "interactions": len(dataset.users)}
+    meta = {
+        "splits": split_names,
+        "methods": method_names,
+        "seeds": seed_list,
+        "params": params_used,
+        "model": model_path or "all-MiniLM-L6-v2 (packaged)",
+        "items": len(dataset.items),
+        "interactions": len(dataset.users),
+    }
     paths = write(summary, out_dir, REFERENCE if REFERENCE in method_names else None, meta)
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return summary

@@ -157,8 +157,7 @@ class ALS:
     ]
 
     def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 2.0, iterations: int = 15):
-        self.params = {"factors": factors, "regularization": regularization, "alpha": alpha,
-                       "iterations": iterations}
+        self.params = {"factors": factors, "regularization": regularization, "alpha": alpha, "iterations": iterations}
 
     def fit(self, data: TrainData) -> None:
         from implicit.als import AlternatingLeastSquares
@@ -231,8 +230,9 @@ class TextPlusPopularity:
     name = "zero-shot + popularity"
     grid = [{"weight": w, "ridge": r} for w in (0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2) for r in (1.0, 10.0, 100.0)]
 
-    def __init__(self, item_vectors: np.ndarray, weight: float = 0.2, ridge: float = 10.0,
-                 predicted_only: bool = False):
+    def __init__(
+        self, item_vectors: np.ndarray, weight: float = 0.2, ridge: float = 10.0, predicted_only: bool = False
+    ):
         self.zero_shot = ZeroShot(item_vectors)
         self.weight = weight
         self.ridge = ridge

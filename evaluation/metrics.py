@@ -46,8 +46,9 @@ def coverage_at(top: np.ndarray, k: int, n_candidates: int) -> float:
     return len(np.unique(top[:, :k])) / n_candidates
 
 
-def per_user_metrics(top: np.ndarray, relevant: list[set[int]], candidate_ids: np.ndarray,
-                     ks: tuple[int, ...] = (10, 20)) -> dict[str, np.ndarray]:
+def per_user_metrics(
+    top: np.ndarray, relevant: list[set[int]], candidate_ids: np.ndarray, ks: tuple[int, ...] = (10, 20)
+) -> dict[str, np.ndarray]:
     ranked_ids = candidate_ids[top]
     hits = np.array([[int(i) in rel for i in row] for row, rel in zip(ranked_ids, relevant)], dtype=np.float64)
     n_relevant = np.array([len(r) for r in relevant], dtype=np.float64)

@@ -37,8 +37,10 @@ def summarise(results: list[MethodResult], reference: str | None = None) -> dict
             out[split][name] = row
         if reference and reference in methods:
             for name, runs in methods.items():
-                diffs = [paired_difference(a.per_user[PRIMARY], b.per_user[PRIMARY])
-                         for a, b in zip(runs, methods[reference])]
+                diffs = [
+                    paired_difference(a.per_user[PRIMARY], b.per_user[PRIMARY])
+                    for a, b in zip(runs, methods[reference])
+                ]
                 out[split][name][f"{PRIMARY}_vs_{reference}"] = {
                     "mean_diff": float(np.mean([d[0] for d in diffs])),
                     "se": float(np.mean([d[1] for d in diffs])),
@@ -57,8 +59,10 @@ def markdown(summary: dict, reference: str | None = None) -> str:
         lines.append(header)
         lines.append("|" + "---|" * (header.count("|") - 1))
         for name, m in sorted(methods.items(), key=lambda kv: -kv[1][PRIMARY]):
-            row = (f"| {name} | {m['ndcg@10']:.4f} | {m['ndcg@10_seed_std']:.4f} | {m['ndcg@20']:.4f} | "
-                   f"{m['recall@10']:.4f} | {m['recall@20']:.4f} | {m['hitrate@10']:.4f} | {m['coverage@10']:.3f} |")
+            row = (
+                f"| {name} | {m['ndcg@10']:.4f} | {m['ndcg@10_seed_std']:.4f} | {m['ndcg@20']:.4f} | "
+                f"{m['recall@10']:.4f} | {m['recall@20']:.4f} | {m['hitrate@10']:.4f} | {m['coverage@10']:.3f} |"
+            )
             if reference:
                 d = m.get(f"{PRIMARY}_vs_{reference}")
                 row += f" {d['mean_diff']:+.4f} ± {d['se']:.4f} |" if d else " |"

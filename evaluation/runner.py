@@ -57,8 +57,14 @@ def run_method(method: Method, split: Split, data: TrainData | None = None) -> M
     per_user = per_user_metrics(top, relevant, split.candidate_ids)
     coverage = len(np.unique(top[:, :10])) / len(candidate_cols) if len(top) else 0.0
     return MethodResult(
-        method=method.name, split=split.name, seed=split.seed, params={}, per_user=per_user, users=users,
-        coverage10=coverage, recall_curve=recall_curve(top, relevant, split.candidate_ids, CURVE_MAX_K),
+        method=method.name,
+        split=split.name,
+        seed=split.seed,
+        params={},
+        per_user=per_user,
+        users=users,
+        coverage10=coverage,
+        recall_curve=recall_curve(top, relevant, split.candidate_ids, CURVE_MAX_K),
         fit_s=fit_s,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -95,14 +95,8 @@ class Catalog:
 
     async def rebuild(self) -> None:
         async with self._write_lock:
-            index = self._new_index()
             version = await asyncio.to_thread(self.store.version)
-            ids, vectors = [], []
-            for batch_ids, batch_vectors in await asyncio.to_thread(lambda: list(self.store.iter_vectors(self.model))):
-                ids.append(batch_ids)
-                vectors.append(batch_vectors)
-            if ids:
-                await asyncio.to_thread(index.add, np.concatenate(ids), np.concatenate(vectors))
+            index = await self._build_index(self.model)
             self.index = index
             logger.info("index built: %d items, %s on %s", len(index), index.factory, index.device)
             await self._save_locked(version)
@@ -123,7 +117,7 @@ class Catalog:
     async def upsert(self, items: Sequence[Item], deadline: float | None = None) -> UpsertSummary:
         # A repeated id in one batch: the last occurrence wins, as in the index.
         latest = {item.id: item for item in items}
-        records = await asyncio.to_thread(self.store.get_item_records, list(latest))
+        records = await asyncio.to_thread(self.store.get_item_records, list(latest), self.model)
         to_encode = [
             item
             for item in latest.values()
@@ -153,6 +147,52 @@ class Catalog:
             unchanged=len(latest) - len(writes),
             encoded=len(to_encode),
         )
+
+    async def swap_model(
+        self,
+        encode_staged: Callable[[list[str]], Awaitable[np.ndarray]],
+        new_model: str,
+        promote: Callable[[], Awaitable[None]],
+        progress: Callable[[str, int, int], Awaitable[None]],
+    ) -> None:
+        """Re-encode the catalogue with a staged model into a new index while the current one
+        keeps serving, then switch model and index together under the write lock."""
+        missing = await asyncio.to_thread(self.store.items_without_vector, new_model)
+        await progress("encoding", 0, len(missing))
+        await self._put_staged(missing, encode_staged, new_model, progress)
+        await progress("indexing", 0, 1)
+        async with self._write_lock:
+            # Items written while we encoded: catch up before switching.
+            late = await asyncio.to_thread(self.store.items_without_vector, new_model)
+            await self._put_staged(late, encode_staged, new_model, None)
+            index = await self._build_index(new_model)
+            await promote()
+            self.model, self.index = new_model, index
+            await self._save_locked(await asyncio.to_thread(self.store.version))
+        await asyncio.to_thread(self.store.drop_vectors_except, new_model)
+        await progress("swapped", 1, 1)
+
+    async def _put_staged(self, items: list[Item], encode_staged, model: str, progress) -> None:
+        done = 0
+        for start in range(0, len(items), ENCODE_CHUNK):
+            part = items[start : start + ENCODE_CHUNK]
+            vectors = await encode_staged([i.text for i in part])
+            await asyncio.to_thread(
+                self.store.put_vectors, {i.id: v for i, v in zip(part, vectors)}, {i.id: i.text for i in part}, model
+            )
+            done += len(part)
+            if progress:
+                await progress("encoding", done, len(items))
+
+    async def _build_index(self, model: str) -> FaissIndex:
+        index = self._new_index()
+        ids, vectors = [], []
+        for batch_ids, batch_vectors in await asyncio.to_thread(lambda: list(self.store.iter_vectors(model))):
+            ids.append(batch_ids)
+            vectors.append(batch_vectors)
+        if ids:
+            await asyncio.to_thread(index.add, np.concatenate(ids), np.concatenate(vectors))
+        return index
 
     async def delete(self, ids: Sequence[int]) -> DeleteSummary:
         async with self._write_lock:

@@ -181,3 +181,9 @@ class AdminServicer(_Base):
     async def Info(self, request, context):
         decoded(request)
         return convert.info_to_pb(await self.ready().info())
+
+    @grpc_errors
+    async def LoadModel(self, request, context):
+        request = decoded(request)
+        async for stage, done, total, message in self.ready().load_model(request.model_path, request.force):
+            yield pb.LoadModelProgress(stage=stage, done=done, total=total, message=message)

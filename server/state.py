@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bertrec import __version__
 from bertrec.config import Config
+from bertrec.errors import FailedPrecondition, InvalidRequest, NotFound
 from bertrec.types import ReplicaInfo, ServiceInfo
 
 logger = logging.getLogger(__name__)
 
 DEMO_BATCH = 2048
+MODEL_POINTER = "active_model.json"  # in the data dir: the checkpoint the service serves
 
 
 def model_fingerprint(model_path: str) -> str:
@@ -27,6 +32,31 @@ def model_fingerprint(model_path: str) -> str:
     return f"{folder.name}-{digest.hexdigest()}"
 
 
+def _stored_validation(checkpoint: Path) -> tuple[float | None, tuple]:
+    """(validation NDCG@10, (split, split seed)) from a checkpoint's training record, if any."""
+    record_file = checkpoint / "bertrec_training.json"
+    if not record_file.exists():
+        return None, ()
+    record = json.loads(record_file.read_text())
+    ndcg = ((record.get("summary") or {}).get("validation") or {}).get("ndcg@10")
+    config = record.get("config") or {}
+    return ndcg, (config.get("split"), config.get("split_seed"))
+
+
+def compare_evaluations(serving: Path, candidate: Path) -> str:
+    """Why `candidate` is worse than the serving model by stored validation NDCG@10, or "" when
+    it is not worse or they cannot be compared (the packaged model has no stored evaluation)."""
+    old, old_split = _stored_validation(serving)
+    if old is None:
+        return ""
+    new, new_split = _stored_validation(candidate)
+    if new is None:
+        return f"{candidate.name} has no stored evaluation; the serving model has validation NDCG@10 {old:.4f}"
+    if new_split == old_split and new < old:
+        return f"{candidate.name} validation NDCG@10 {new:.4f} < serving {old:.4f}"
+    return ""
+
+
 class ServiceState:
     def __init__(self, config: Config):
         self.config = config
@@ -37,6 +67,8 @@ class ServiceState:
         self.recommender = None
         self.profiles = None
         self._snapshot_task: asyncio.Task | None = None
+        self._swap_lock = asyncio.Lock()
+        self.model_path = ""
 
     async def start(self) -> None:
         from bertrec.server.catalog import Catalog
@@ -45,11 +77,16 @@ class ServiceState:
         from bertrec.store import SQLiteStore
         from bertrec.workers.encoder import default_model_path
         from bertrec.workers.pool import RayEncoderPool
+        from bertrec.workers.replica import read_model_pointer
 
         cfg = self.config
-        model_path = cfg.model.path or default_model_path()
+        pointer = str(Path(cfg.store.data_dir) / MODEL_POINTER)
+        Path(cfg.store.data_dir).mkdir(parents=True, exist_ok=True)
+        # An explicit --model wins; otherwise the model promoted by the last swap; else the default.
+        model_path = cfg.model.path or read_model_pointer(pointer) or default_model_path()
+        self.model_path = model_path
         self.store = SQLiteStore(cfg.store.data_dir)
-        self.pool = RayEncoderPool(cfg.model, cfg.workers)
+        self.pool = RayEncoderPool(dataclasses.replace(cfg.model, path=model_path), cfg.workers, pointer)
         await self.pool.start()
         fingerprint = model_fingerprint(model_path)
         self.catalog = Catalog(self.store, self.pool, fingerprint, cfg.index, cfg.store.data_dir)
@@ -80,6 +117,66 @@ class ServiceState:
         ratings = list(read_ratings(folder))
         await asyncio.to_thread(self.store.record_interactions, ratings)
         logger.info("demo loaded: %d movies, %d ratings", len(items), len(ratings))
+
+    def checkpoint_path(self, requested: str) -> Path:
+        """Resolve a caller-given checkpoint inside the configured folder; nothing outside it."""
+        root = Path(self.config.model.checkpoints_dir or Path(self.config.store.data_dir) / "checkpoints").resolve()
+        path = (root / requested).resolve()
+        if not requested or not path.is_relative_to(root):
+            raise InvalidRequest(f"model_path must name a checkpoint inside {root}")
+        if not (path / "config.json").exists():
+            raise NotFound(f"no Hugging Face checkpoint (config.json) at {requested!r} in {root}")
+        return path
+
+    async def load_model(self, requested: str, force: bool) -> AsyncIterator[tuple[str, int, int, str]]:
+        """Swap the served model: stage it in every replica, re-encode the catalogue into a new
+        index while the old one serves, then switch. Yields (stage, done, total, message)."""
+        if self._swap_lock.locked():
+            raise FailedPrecondition("a model swap is already in progress")
+        async with self._swap_lock:
+            path = self.checkpoint_path(requested)
+            verdict = compare_evaluations(Path(self.model_path), path)
+            if verdict and not force:
+                raise FailedPrecondition(f"swap refused: {verdict} (force to override)")
+            yield "loading", 0, 1, f"loading {path.name} into {len(self.pool.replicas)} replicas"
+            staged = await self.pool.load_staging(str(path))
+            if staged["dim"] != self.pool.dim:
+                await self.pool.drop_staging()
+                raise FailedPrecondition(
+                    f"{path.name} makes {staged['dim']}-dim vectors, the index holds {self.pool.dim}"
+                )
+            events: asyncio.Queue = asyncio.Queue()
+
+            async def progress(stage: str, done: int, total: int) -> None:
+                await events.put((stage, done, total, ""))
+
+            async def promote() -> None:
+                await self.pool.promote_staging(str(path))
+
+            new_model = model_fingerprint(str(path))
+            swap = asyncio.ensure_future(
+                self.catalog.swap_model(
+                    lambda texts: self.pool.encode(texts, staging=True), new_model, promote, progress
+                )
+            )
+            try:
+                while not (swap.done() and events.empty()):
+                    getter = asyncio.ensure_future(events.get())
+                    await asyncio.wait([getter, swap], return_when=asyncio.FIRST_COMPLETED)
+                    if getter.done():
+                        yield getter.result()
+                    else:
+                        getter.cancel()
+                await swap  # re-raise a failure
+            except BaseException:
+                swap.cancel()
+                await self.pool.drop_staging()
+                raise
+            self.profiles.model = new_model
+            self.profiles.clear()
+            self.model_path = str(path)
+            logger.info("model swapped to %s", path)
+            yield "done", 1, 1, f"serving {path.name}"
 
     async def _snapshot_loop(self) -> None:
         while True:

@@ -58,6 +58,10 @@ class UserProfiles:
         self.hits = 0
         self.misses = 0
 
+    def clear(self) -> None:
+        """Forget every cached profile (the item vectors changed, e.g. a model swap)."""
+        self._cache.clear()
+
     @property
     def hit_rate(self) -> float:
         total = self.hits + self.misses

@@ -24,9 +24,16 @@ CREATE TABLE IF NOT EXISTS items (
     text TEXT NOT NULL,
     metadata TEXT NOT NULL,
     text_hash TEXT NOT NULL,
-    vector BLOB,
-    vector_model TEXT,
     updated_at REAL NOT NULL
+);
+-- One vector per item and model: a model swap encodes the catalogue anew while the serving
+-- model's vectors stay in place. text_hash says which text a vector was computed from.
+CREATE TABLE IF NOT EXISTS item_vectors (
+    model TEXT NOT NULL,
+    item_id INTEGER NOT NULL,
+    text_hash TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (model, item_id)
 );
 CREATE TABLE IF NOT EXISTS interactions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -93,50 +100,63 @@ class SQLiteStore:
         return self._read("SELECT value FROM meta WHERE key = 'version'")[0][0]
 
     # Items
-    def get_item_records(self, ids: Sequence[int]) -> dict[int, ItemRecord]:
+    def get_item_records(self, ids: Sequence[int], model: str = "") -> dict[int, ItemRecord]:
+        """Items by id; `has_vector` is true when `model` has a vector for the item's current text."""
         out: dict[int, ItemRecord] = {}
         for part in _chunks(list(ids)):
             marks = ",".join("?" * len(part))
             rows = self._read(
-                f"SELECT id, text, metadata, text_hash, vector IS NOT NULL FROM items WHERE id IN ({marks})",
-                part,
+                "SELECT i.id, i.text, i.metadata, i.text_hash, v.text_hash = i.text_hash FROM items i "
+                "LEFT JOIN item_vectors v ON v.item_id = i.id AND v.model = ? "
+                f"WHERE i.id IN ({marks})",
+                [model, *part],
             )
             for item_id, text, metadata, digest, has_vector in rows:
                 out[item_id] = ItemRecord(Item(item_id, text, json.loads(metadata)), digest, bool(has_vector))
         return out
 
     def upsert_items(self, items: Sequence[Item], vectors: dict[int, np.ndarray], model: str) -> int:
-        """Write items; those in `vectors` get a new vector, the others keep theirs. Returns the version."""
+        """Write items, and `model`'s vectors for those in `vectors`. Returns the new version."""
         now = time.time()
-        rows_with_vector = []
-        rows_keep_vector = []
-        for item in items:
-            meta = json.dumps(item.metadata, sort_keys=True, ensure_ascii=False)
-            if item.id in vectors:
-                blob = np.asarray(vectors[item.id], dtype=np.float32).tobytes()
-                rows_with_vector.append((item.id, item.text, meta, text_hash(item.text), blob, model, now))
-            else:
-                rows_keep_vector.append((item.id, item.text, meta, text_hash(item.text), now))
+        item_rows = [
+            (
+                item.id,
+                item.text,
+                json.dumps(item.metadata, sort_keys=True, ensure_ascii=False),
+                text_hash(item.text),
+                now,
+            )
+            for item in items
+        ]
+        texts = {item.id: item.text for item in items}
+        vector_rows = [
+            (model, item_id, text_hash(texts[item_id]), np.asarray(v, dtype=np.float32).tobytes())
+            for item_id, v in vectors.items()
+        ]
 
         def write(conn: sqlite3.Connection) -> int:
             conn.executemany(
-                "INSERT INTO items (id, text, metadata, text_hash, vector, vector_model, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET text = excluded.text, "
-                "metadata = excluded.metadata, text_hash = excluded.text_hash, vector = excluded.vector, "
-                "vector_model = excluded.vector_model, updated_at = excluded.updated_at",
-                rows_with_vector,
-            )
-            conn.executemany(
                 "INSERT INTO items (id, text, metadata, text_hash, updated_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET metadata = excluded.metadata, updated_at = excluded.updated_at",
-                rows_keep_vector,
+                "ON CONFLICT(id) DO UPDATE SET text = excluded.text, metadata = excluded.metadata, "
+                "text_hash = excluded.text_hash, updated_at = excluded.updated_at",
+                item_rows,
             )
+            conn.executemany("INSERT OR REPLACE INTO item_vectors VALUES (?, ?, ?, ?)", vector_rows)
             return self._bump_version(conn)
 
         return self._write(write)
 
+    def put_vectors(self, vectors: dict[int, np.ndarray], texts: dict[int, str], model: str) -> None:
+        """Store `model`'s vectors for existing items (a model swap re-encoding the catalogue)."""
+        rows = [(model, i, text_hash(texts[i]), np.asarray(v, dtype=np.float32).tobytes()) for i, v in vectors.items()]
+        self._write(lambda c: c.executemany("INSERT OR REPLACE INTO item_vectors VALUES (?, ?, ?, ?)", rows))
+
+    def drop_vectors_except(self, model: str) -> int:
+        """Free the vectors of models no longer served."""
+        return self._write(lambda c: c.execute("DELETE FROM item_vectors WHERE model != ?", (model,)).rowcount)
+
     def delete_items(self, ids: Sequence[int]) -> tuple[list[int], int]:
-        """Delete `ids`; returns (the ids that existed, new version)."""
+        """Delete `ids` and their vectors; returns (the ids that existed, new version)."""
 
         def write(conn: sqlite3.Connection) -> tuple[list[int], int]:
             deleted: list[int] = []
@@ -144,6 +164,7 @@ class SQLiteStore:
                 marks = ",".join("?" * len(part))
                 deleted += [r[0] for r in conn.execute(f"SELECT id FROM items WHERE id IN ({marks})", part)]
                 conn.execute(f"DELETE FROM items WHERE id IN ({marks})", part)
+                conn.execute(f"DELETE FROM item_vectors WHERE item_id IN ({marks})", part)
             return deleted, self._bump_version(conn)
 
         return self._write(write)
@@ -163,7 +184,7 @@ class SQLiteStore:
         for part in _chunks(list(ids)):
             marks = ",".join("?" * len(part))
             rows = self._read(
-                f"SELECT id, vector FROM items WHERE id IN ({marks}) AND vector_model = ?", [*part, model]
+                f"SELECT item_id, vector FROM item_vectors WHERE model = ? AND item_id IN ({marks})", [model, *part]
             )
             out.update((i, np.frombuffer(blob, dtype=np.float32)) for i, blob in rows)
         return out
@@ -172,7 +193,7 @@ class SQLiteStore:
         last = -(2**63)
         while True:
             rows = self._read(
-                "SELECT id, vector FROM items WHERE vector_model = ? AND id > ? ORDER BY id LIMIT ?",
+                "SELECT item_id, vector FROM item_vectors WHERE model = ? AND item_id > ? ORDER BY item_id LIMIT ?",
                 (model, last, batch),
             )
             if not rows:
@@ -183,8 +204,11 @@ class SQLiteStore:
             last = rows[-1][0]
 
     def items_without_vector(self, model: str) -> list[Item]:
+        """Items whose current text has no vector from `model`."""
         rows = self._read(
-            "SELECT id, text, metadata FROM items WHERE vector IS NULL OR vector_model IS NOT ? ORDER BY id",
+            "SELECT i.id, i.text, i.metadata FROM items i LEFT JOIN item_vectors v "
+            "ON v.item_id = i.id AND v.model = ? WHERE v.text_hash IS NULL OR v.text_hash != i.text_hash "
+            "ORDER BY i.id",
             (model,),
         )
         return [Item(i, text, json.loads(meta)) for i, text, meta in rows]

@@ -36,7 +36,8 @@ def ensure_ray(workers: WorkersConfig) -> None:
 class RayEncoderPool:
     """N replicas: one per GPU (num_gpus=1, fp16) or CPU replicas with `cpus_per_replica` each."""
 
-    def __init__(self, model: ModelConfig, workers: WorkersConfig):
+    def __init__(self, model: ModelConfig, workers: WorkersConfig, model_pointer: str = ""):
+        self.model_pointer = model_pointer  # file naming the served checkpoint; see EncoderReplica
         self.model_config = model
         self.workers_config = workers
         self.prefix = f"bertrec-encoder-{uuid.uuid4().hex[:8]}"
@@ -59,8 +60,10 @@ class RayEncoderPool:
     async def start(self) -> None:
         import ray
 
-        from bertrec.workers.replica import EncoderReplica
+        from bertrec.workers.replica import EncoderReplica, write_model_pointer
 
+        if self.model_pointer:
+            write_model_pointer(self.model_pointer, self.model_config.path)
         ensure_ray(self.workers_config)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = self._replica_count(gpus)
@@ -75,7 +78,7 @@ class RayEncoderPool:
                 num_cpus=cpus,
                 max_restarts=-1,  # Ray restarts a dead replica; the pool retries what it held
                 max_concurrency=1000,
-            ).remote(name, self.model_config, self.workers_config, max(1, int(cpus or 1)))
+            ).remote(name, self.model_config, self.workers_config, max(1, int(cpus or 1)), self.model_pointer)
             self.replicas.append(handle)
             self.names.append(name)
             self._in_flight.append(0)
@@ -87,7 +90,7 @@ class RayEncoderPool:
     def _pick(self) -> int:
         return min(range(len(self.replicas)), key=self._in_flight.__getitem__)
 
-    async def _encode_chunk(self, texts: list[str], deadline: float | None) -> np.ndarray:
+    async def _encode_chunk(self, texts: list[str], deadline: float | None, staging: bool = False) -> np.ndarray:
         import ray
 
         attempts = self.workers_config.max_retries + 1
@@ -98,7 +101,7 @@ class RayEncoderPool:
             i = self._pick()
             self._in_flight[i] += len(texts)
             try:
-                return await self.replicas[i].encode.remote(texts, deadline)
+                return await self.replicas[i].encode.remote(texts, deadline, staging)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
                 logger.warning("replica %s lost (%s); retry %d/%d", self.names[i], exc, attempt + 1, attempts)
                 await asyncio.sleep(backoff_s)
@@ -110,7 +113,7 @@ class RayEncoderPool:
                 self._in_flight[i] -= len(texts)
         raise WorkerLost(f"encoder replicas kept failing after {attempts} attempts")
 
-    async def encode(self, texts: list[str], deadline: float | None = None) -> np.ndarray:
+    async def encode(self, texts: list[str], deadline: float | None = None, staging: bool = False) -> np.ndarray:
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
         # Every replica gets a share of a large request, and no chunk is larger than a replica's
@@ -118,8 +121,25 @@ class RayEncoderPool:
         share = -(-len(texts) // len(self.replicas))
         size = max(1, min(SPLIT_TEXTS, self.workers_config.max_queue, share))
         chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-        parts = await asyncio.gather(*(self._encode_chunk(c, deadline) for c in chunks))
+        parts = await asyncio.gather(*(self._encode_chunk(c, deadline, staging) for c in chunks))
         return np.concatenate(parts, axis=0)
+
+    async def load_staging(self, path: str) -> dict:
+        """Load a candidate model into every replica beside the serving one."""
+        infos = await asyncio.gather(*(r.load_staging.remote(path) for r in self.replicas))
+        return infos[0]
+
+    async def promote_staging(self, path: str) -> None:
+        """Make the staged model the served one, everywhere at once, and remember it."""
+        from bertrec.workers.replica import write_model_pointer
+
+        if self.model_pointer:
+            write_model_pointer(self.model_pointer, path)  # first: a replica restarting now loads it
+        names = await asyncio.gather(*(r.promote_staging.remote() for r in self.replicas))
+        self.model_name = names[0]
+
+    async def drop_staging(self) -> None:
+        await asyncio.gather(*(r.drop_staging.remote() for r in self.replicas), return_exceptions=True)
 
     async def info(self) -> list[dict]:
         import ray

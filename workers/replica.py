@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -13,6 +14,21 @@ from bertrec.config import ModelConfig, WorkersConfig
 logger = logging.getLogger(__name__)
 
 
+def read_model_pointer(path: str) -> str:
+    """The checkpoint path recorded in a model pointer file, or "" when there is none."""
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh).get("model_path", "")
+
+
+def write_model_pointer(path: str, model_path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"model_path": model_path}, fh)
+    os.replace(tmp, path)
+
+
 class EncoderReplica:
     """One model copy. Created through `ray.remote(EncoderReplica)` by the pool.
 
@@ -20,28 +36,54 @@ class EncoderReplica:
     replica with num_gpus=1 sees exactly its own GPU as cuda:0.
     """
 
-    def __init__(self, name: str, model: ModelConfig, workers: WorkersConfig, torch_threads: int):
+    def __init__(self, name: str, model: ModelConfig, workers: WorkersConfig, torch_threads: int,
+                 model_pointer: str = ""):
         import torch
 
-        from bertrec.workers.batching import Batcher
         from bertrec.workers.device import resolve_device
-        from bertrec.workers.encoder import BertEncoder
 
         torch.set_num_threads(max(1, torch_threads))
         self.name = name
+        self.model_config = model
+        self.workers_config = workers
         self.device = resolve_device(model.device)
-        self.encoder = BertEncoder(model.path, device=self.device, max_length=model.max_length)
-        self.batcher = Batcher(
-            self.encoder.encode_items,
-            max_batch_size=workers.max_batch_size,
-            max_wait_s=workers.max_wait_s,
-            max_queue=workers.max_queue,
-        )
+        # After a model swap the pointer names the promoted checkpoint, so a replica that Ray
+        # restarts comes back with the model the service is serving, not the one it started with.
+        path = read_model_pointer(model_pointer) or model.path
+        self.encoder, self.batcher = self._load(path)
+        self.staging: tuple | None = None
         self.started_at = time.time()
         logger.info("replica %s ready on %s (pid %d)", name, self.device, os.getpid())
 
-    async def encode(self, texts: list[str], deadline: float | None = None) -> np.ndarray:
+    def _load(self, path: str):
+        from bertrec.workers.batching import Batcher
+        from bertrec.workers.encoder import BertEncoder
+
+        encoder = BertEncoder(path, device=self.device, max_length=self.model_config.max_length)
+        w = self.workers_config
+        return encoder, Batcher(encoder.encode_items, w.max_batch_size, w.max_wait_s, w.max_queue)
+
+    async def encode(self, texts: list[str], deadline: float | None = None, staging: bool = False) -> np.ndarray:
+        if staging:
+            if self.staging is None:
+                raise RuntimeError("no staging model loaded")
+            return await self.staging[1].submit(texts, deadline)
         return await self.batcher.submit(texts, deadline)
+
+    def load_staging(self, path: str) -> dict:
+        """Load a second model beside the serving one (a swap encodes the catalogue with it)."""
+        self.staging = self._load(path)
+        return {"model": self.staging[0].model_name, "dim": self.staging[0].dim}
+
+    def promote_staging(self) -> str:
+        if self.staging is None:
+            raise RuntimeError("no staging model loaded")
+        self.encoder, self.batcher = self.staging
+        self.staging = None
+        return self.encoder.model_name
+
+    def drop_staging(self) -> None:
+        self.staging = None
 
     def configure_batching(self, max_batch_size: int | None = None, max_wait_s: float | None = None) -> None:
         self.batcher.configure(max_batch_size, max_wait_s)

@@ -275,3 +275,23 @@ class InfoResponse(_message.Message):
     store_version: int
     user_cache_hit_rate: float
     def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., index_size: _Optional[int] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., interaction_count: _Optional[int] = ..., store_version: _Optional[int] = ..., user_cache_hit_rate: _Optional[float] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("model_path", "force")
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    model_path: str
+    force: bool
+    def __init__(self, model_path: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class LoadModelProgress(_message.Message):
+    __slots__ = ("stage", "done", "total", "message")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    message: str
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

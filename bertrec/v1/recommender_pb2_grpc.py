@@ -512,7 +512,7 @@ class Embedder:
 
 
 class AdminStub:
-    """Operating the service: introspection now, model swaps later.
+    """Operating the service.
     """
 
     def __init__(self, channel):
@@ -526,14 +526,28 @@ class AdminStub:
                 request_serializer=bertrec_dot_v1_dot_recommender__pb2.InfoRequest.SerializeToString,
                 response_deserializer=bertrec_dot_v1_dot_recommender__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_stream(
+                '/bertrec.v1.Admin/LoadModel',
+                request_serializer=bertrec_dot_v1_dot_recommender__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=bertrec_dot_v1_dot_recommender__pb2.LoadModelProgress.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
-    """Operating the service: introspection now, model swaps later.
+    """Operating the service.
     """
 
     def Info(self, request, context):
         """Model, replicas and their devices, index and catalogue sizes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """Hot-swap the encoder: load a checkpoint into every replica, re-encode the catalogue into a
+        new index while the current one keeps serving, then switch atomically. Streams progress.
+        FAILED_PRECONDITION when the checkpoint's stored evaluation is worse (unless forced).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -547,6 +561,11 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=bertrec_dot_v1_dot_recommender__pb2.InfoRequest.FromString,
                     response_serializer=bertrec_dot_v1_dot_recommender__pb2.InfoResponse.SerializeToString,
             ),
+            'LoadModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=bertrec_dot_v1_dot_recommender__pb2.LoadModelRequest.FromString,
+                    response_serializer=bertrec_dot_v1_dot_recommender__pb2.LoadModelProgress.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'bertrec.v1.Admin', rpc_method_handlers)
@@ -556,7 +575,7 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Operating the service: introspection now, model swaps later.
+    """Operating the service.
     """
 
     @staticmethod
@@ -576,6 +595,33 @@ class Admin:
             '/bertrec.v1.Admin/Info',
             bertrec_dot_v1_dot_recommender__pb2.InfoRequest.SerializeToString,
             bertrec_dot_v1_dot_recommender__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/bertrec.v1.Admin/LoadModel',
+            bertrec_dot_v1_dot_recommender__pb2.LoadModelRequest.SerializeToString,
+            bertrec_dot_v1_dot_recommender__pb2.LoadModelProgress.FromString,
             options,
             channel_credentials,
             insecure,

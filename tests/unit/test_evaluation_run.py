@@ -13,8 +13,9 @@ from tests.unit.test_evaluation_data import _toy
 
 def test_run_evaluation_writes_reports(tmp_path):
     ds = _toy(n_users=60, n_items=40, per_user=15)
-    summary = run_evaluation(ds, ["warm", "cold"], ["random", "popularity", "itemknn", "ease"], seeds=2,
-                             out_dir=tmp_path)
+    summary = run_evaluation(
+        ds, ["warm", "cold"], ["random", "popularity", "itemknn", "ease"], seeds=2, out_dir=tmp_path
+    )
     assert set(summary) == {"warm", "cold"}
     assert summary["cold"]["ease"]["seeds"] == [0, 1] and summary["warm"]["ease"]["seeds"] == [0]
     for name in ("evaluation.json", "evaluation.md", "evaluation.png"):
@@ -40,8 +41,14 @@ def test_collaborative_methods_learn_a_planted_structure():
     from bertrec.evaluation.data import Dataset
     from bertrec.types import Item
 
-    ds = Dataset([Item(i, f"item {i}") for i in range(1, 41)], np.array(users), np.array(items),
-                 np.array(ts), np.array(w, np.float32), 4.0)
+    ds = Dataset(
+        [Item(i, f"item {i}") for i in range(1, 41)],
+        np.array(users),
+        np.array(items),
+        np.array(ts),
+        np.array(w, np.float32),
+        4.0,
+    )
     split = warm_split(ds)
     data = TrainData.build(split.train)
     pop = run_method(Popularity(), split, data).mean("ndcg@10")

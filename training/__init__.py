@@ -1,0 +1,1 @@
+"""Fine-tuning the encoder on interactions (contrastive two-tower training)."""

@@ -1,0 +1,61 @@
+"""Data-parallel fine-tuning on a Ray cluster through Ray Train (TorchTrainer, DDP)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from bertrec.evaluation.data import Dataset
+from bertrec.training.trainer import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _worker_loop(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from bertrec.training.trainer import ContrastiveTrainer
+
+    config = TrainConfig(**loop_config["config"])
+    context = ray.train.get_context()
+    device = str(ray.train.torch.get_device())
+    config.device = "cuda" if device.startswith("cuda") else "cpu"
+    trainer = ContrastiveTrainer(config, loop_config["dataset"], loop_config["train"], loop_config["out_dir"])
+    trainer.shard(context.get_world_rank(), context.get_world_size())
+    trainer.model = ray.train.torch.prepare_model(trainer.model)  # DDP on the worker's device
+    summary = trainer.train()
+    ray.train.report({k: v for k, v in summary.items() if k != "validation"})
+
+
+def train_distributed(
+    config: TrainConfig,
+    dataset: Dataset,
+    train: Dataset,
+    out_dir: str | Path,
+    num_workers: int = 2,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 1.0,
+) -> dict:
+    """Run the same trainer on `num_workers` Ray Train workers; rank 0 writes the checkpoint."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()
+    out = Path(out_dir).resolve()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": asdict(config), "dataset": dataset, "train": train, "out_dir": str(out)},
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus_per_worker},
+        ),
+        run_config=RunConfig(storage_path=str(out.parent / f"{out.name}-ray-train"), name="bertrec-train"),
+    )
+    result = trainer.fit()
+    logger.info("distributed training finished: %s", result.metrics)
+    return dict(result.metrics or {})

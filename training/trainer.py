@@ -1,0 +1,234 @@
+"""Contrastive fine-tuning of a BERT-family encoder with in-batch negatives and logQ correction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertrec.evaluation.data import Dataset
+from bertrec.training.pairs import co_liked_pairs, log_q
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.pt"
+CONFIG_FILE = "bertrec_training.json"
+
+
+@dataclass
+class TrainConfig:
+    init_from: str = ""  # checkpoint to start from; empty = the packaged MiniLM
+    epochs: float = 1.0
+    batch_size: int = 64
+    lr: float = 3e-5
+    warmup_share: float = 0.1
+    weight_decay: float = 0.01
+    temperature: float = 0.05
+    freeze_layers: int = 0  # embeddings + this many lower transformer layers stay fixed
+    max_length: int = 32
+    window: int = 5
+    logq_correction: bool = True
+    max_steps: int = 0  # 0 = as many as the epochs give
+    seed: int = 0
+    split: str = "warm"
+    split_seed: int = 0
+    device: str = "auto"
+
+
+def _mean_pool(hidden, mask):
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class ContrastiveTrainer:
+    def __init__(self, config: TrainConfig, dataset: Dataset, train: Dataset, out_dir: str | Path):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from bertrec.workers.device import resolve_device
+        from bertrec.workers.encoder import default_model_path
+
+        self.torch = torch
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(config.device)
+        source = config.init_from or default_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModel.from_pretrained(source).to(self.device)
+        self._freeze(config.freeze_layers)
+        self.texts = {i.id: i.text for i in dataset.items}
+        self.pairs = co_liked_pairs(train, window=config.window, seed=config.seed)
+        self.log_q = log_q(self.pairs)
+        steps_per_epoch = max(1, len(self.pairs) // config.batch_size)
+        total = int(math.ceil(config.epochs * steps_per_epoch))
+        self.total_steps = min(total, config.max_steps) if config.max_steps else total
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        warmup = max(1, int(config.warmup_share * self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: min((s + 1) / warmup, max(0.0, (self.total_steps - s) / max(1, self.total_steps - warmup))),
+        )
+        self.step = 0
+        self.is_primary = True  # only the primary worker writes checkpoints
+        self.losses: list[float] = []
+        self.history: list[dict] = []
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Data parallelism: this worker trains on every `world_size`-th pair. Every worker takes
+        the same number of steps (DDP synchronises gradients at each one)."""
+        per_worker = len(self.pairs) // world_size
+        self.pairs = self.pairs[rank::world_size][:per_worker]
+        steps = max(1, int(math.ceil(self.config.epochs * max(1, per_worker // self.config.batch_size))))
+        self.total_steps = min(steps, self.config.max_steps) if self.config.max_steps else steps
+        self.is_primary = rank == 0
+
+    def _freeze(self, layers: int) -> None:
+        if layers <= 0:
+            return
+        for p in self.model.embeddings.parameters():
+            p.requires_grad = False
+        for layer in self.model.encoder.layer[:layers]:
+            for p in layer.parameters():
+                p.requires_grad = False
+
+    def _encode(self, ids: np.ndarray):
+        batch = self.tokenizer(
+            [self.texts[int(i)] for i in ids],
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        use_amp = self.device.startswith("cuda")
+        with self.torch.autocast("cuda", dtype=self.torch.bfloat16, enabled=use_amp):
+            hidden = self.model(**batch).last_hidden_state
+        return self.torch.nn.functional.normalize(_mean_pool(hidden, batch["attention_mask"]).float(), dim=-1)
+
+    def loss(self, batch_pairs: np.ndarray):
+        torch = self.torch
+        anchors = self._encode(batch_pairs[:, 0])
+        positives = self._encode(batch_pairs[:, 1])
+        logits = anchors @ positives.T / self.config.temperature
+        if self.config.logq_correction:
+            correction = torch.tensor([self.log_q[int(i)] for i in batch_pairs[:, 1]], device=logits.device)
+            logits = logits - correction[None, :]
+        # The same item twice in a batch is not a negative for itself.
+        same = torch.tensor(batch_pairs[:, 1][:, None] == batch_pairs[:, 1][None, :], device=logits.device)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+        target = torch.arange(len(batch_pairs), device=logits.device)
+        return torch.nn.functional.cross_entropy(logits, target)
+
+    def batches(self):
+        size = self.config.batch_size
+        epoch = 0
+        while True:
+            order = np.random.default_rng(self.config.seed + epoch).permutation(len(self.pairs))
+            for start in range(0, len(order) - size + 1, size):
+                yield self.pairs[order[start : start + size]]
+            epoch += 1
+
+    def train(
+        self, validate: Callable[[], dict] | None = None, validate_every: int = 0, checkpoint_every: int = 0
+    ) -> dict:
+        from tqdm import tqdm
+
+        self.model.train()
+        batches = self.batches()
+        for _ in range(self.step):  # resume: skip what was already seen
+            next(batches)
+        began = time.perf_counter()
+        with tqdm(total=self.total_steps, initial=self.step, desc="fine-tuning", unit="step") as bar:
+            while self.step < self.total_steps:
+                loss = self.loss(next(batches))
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                self.losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(self.losses[-50:]):.3f}")
+                bar.update(1)
+                if validate and validate_every and self.step % validate_every == 0:
+                    self._validate(validate)
+                if checkpoint_every and self.step % checkpoint_every == 0:
+                    self.save(self.out_dir)
+        metrics = self._validate(validate) if validate else {}
+        summary = {
+            "steps": self.step,
+            "pairs": len(self.pairs),
+            "train_s": time.perf_counter() - began,
+            "first_loss": float(np.mean(self.losses[:20])) if self.losses else None,
+            "last_loss": float(np.mean(self.losses[-20:])) if self.losses else None,
+            "validation": metrics,
+        }
+        self.save(self.out_dir, summary)
+        return summary
+
+    def _validate(self, validate: Callable[[], dict]) -> dict:
+        self.model.eval()
+        metrics = validate()
+        self.model.train()
+        self.history.append({"step": self.step, **metrics})
+        logger.info("step %d validation %s", self.step, metrics)
+        return metrics
+
+    def save(self, out_dir: Path, summary: dict | None = None) -> None:
+        """Hugging Face checkpoint + optimizer state for resuming + a model card."""
+        if not self.is_primary:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        getattr(self.model, "module", self.model).save_pretrained(out_dir)  # unwrap DDP
+        self.tokenizer.save_pretrained(out_dir)
+        self.torch.save(
+            {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "losses": self.losses,
+                "history": self.history,
+            },
+            out_dir / STATE_FILE,
+        )
+        record = {"config": asdict(self.config), "summary": summary, "history": self.history}
+        (out_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2))
+        (out_dir / "README.md").write_text(model_card(record))
+
+    def resume(self, checkpoint: Path) -> None:
+        state = self.torch.load(Path(checkpoint) / STATE_FILE, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.losses, self.history = state["step"], state["losses"], state["history"]
+
+
+def model_card(record: dict) -> str:
+    c, s = record["config"], record.get("summary") or {}
+    lines = [
+        "# bertrec fine-tuned encoder",
+        "",
+        f"Started from `{c['init_from'] or 'all-MiniLM-L6-v2 (packaged)'}`; contrastive item-item training on items",
+        f"liked by the same user within {c['window']} interactions, in-batch negatives"
+        + (" with logQ popularity correction." if c["logq_correction"] else "."),
+        "",
+        f"- data: the `{c['split']}` split's training interactions (split seed {c['split_seed']})",
+        f"- parameters: epochs {c['epochs']}, batch {c['batch_size']}, lr {c['lr']}, temperature {c['temperature']},"
+        f" frozen layers {c['freeze_layers']}, max length {c['max_length']}, seed {c['seed']}",
+    ]
+    if s:
+        lines.append(
+            f"- steps {s.get('steps')}, pairs {s.get('pairs')}, loss {s.get('first_loss'):.3f} -> "
+            f"{s.get('last_loss'):.3f}, {s.get('train_s', 0):.0f}s"
+        )
+        if s.get("validation"):
+            lines.append(f"- validation: {json.dumps(s['validation'])}")
+    for h in record.get("history", []):
+        lines.append(f"  - step {h['step']}: {json.dumps({k: v for k, v in h.items() if k != 'step'})}")
+    return "\n".join(lines) + "\n"
