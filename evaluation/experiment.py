@@ -55,6 +55,20 @@ def checkpoint_split(model_path: str) -> tuple[str, int] | None:
     return config["split"], config["split_seed"]
 
 
+TEXT_METHODS = ("zero-shot", "zero-shot + popularity")
+
+
+def _renamed(factory, label: str):
+    """Report text methods run with a fine-tuned encoder under their own name."""
+
+    def build(**params):
+        method = factory(**params)
+        method.name = label
+        return method
+
+    return build
+
+
 def make_factory(name: str, vectors: np.ndarray | None, seed: int):
     if name == "random":
         return lambda **p: m.Random(seed=seed)
@@ -93,7 +107,7 @@ def run_evaluation(
 ) -> dict:
     """`seeds`: how many random draws (0..n-1) of the cold and low-resource splits, or which ones."""
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
-    needs_text = any(n in ("zero-shot", "zero-shot + popularity") for n in method_names)
+    needs_text = any(n in TEXT_METHODS for n in method_names)
     vectors = encode_catalogue(dataset, model_path, out_dir / "cache") if needs_text else None
     results = []
     params_used: dict = {}
@@ -111,6 +125,8 @@ def run_evaluation(
             )
             for name in method_names:
                 factory = make_factory(name, vectors, seed)
+                if model_path and name in TEXT_METHODS:
+                    factory = _renamed(factory, name.replace("zero-shot", "fine-tuned"))
                 if name not in tuned:  # tuned once per split kind, on the first seed's validation data
                     tuned[name] = tune(factory, GRIDS.get(name, [{}]), split)
                 began = time.perf_counter()
@@ -125,7 +141,12 @@ def run_evaluation(
                     time.perf_counter() - began,
                 )
         params_used[split_name] = tuned
-    summary = summarise(results, reference=REFERENCE if REFERENCE in method_names else None)
+    reference = (
+        (REFERENCE.replace("zero-shot", "fine-tuned") if model_path else REFERENCE)
+        if REFERENCE in method_names
+        else None
+    )
+    summary = summarise(results, reference=reference)
     meta = {
         "splits": split_names,
         "methods": method_names,
@@ -135,6 +156,6 @@ def run_evaluation(
         "items": len(dataset.items),
         "interactions": len(dataset.users),
     }
-    paths = write(summary, out_dir, REFERENCE if REFERENCE in method_names else None, meta)
+    paths = write(summary, out_dir, reference, meta)
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return summary

@@ -12,7 +12,7 @@ from bertrec.training.trainer import TrainConfig
 logger = logging.getLogger(__name__)
 
 
-def _worker_loop(loop_config: dict) -> None:
+def _worker_loop(loop_config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
@@ -27,6 +27,7 @@ def _worker_loop(loop_config: dict) -> None:
     trainer.model = ray.train.torch.prepare_model(trainer.model)  # DDP on the worker's device
     summary = trainer.train()
     ray.train.report({k: v for k, v in summary.items() if k != "validation"})
+    return summary
 
 
 def train_distributed(
@@ -57,5 +58,10 @@ def train_distributed(
         run_config=RunConfig(storage_path=str(out.parent / f"{out.name}-ray-train"), name="bertrec-train"),
     )
     result = trainer.fit()
-    logger.info("distributed training finished: %s", result.metrics)
-    return dict(result.metrics or {})
+    # Ray Train v2 hands back the workers' return value (rank 0's); v1 only reported metrics.
+    returned = getattr(result, "return_value", None)
+    if isinstance(returned, list):
+        returned = returned[0]
+    metrics = dict(returned or getattr(result, "metrics", None) or {})
+    logger.info("distributed training finished: %s", metrics)
+    return metrics

@@ -60,8 +60,13 @@ class ContrastiveTrainer:
         self.device = resolve_device(config.device)
         source = config.init_from or default_model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(source)
+        torch.manual_seed(config.seed)  # dropout and anything else random: a run repeats exactly
         self.model = AutoModel.from_pretrained(source).to(self.device)
         self._freeze(config.freeze_layers)
+        pooler = getattr(self.model, "pooler", None)
+        if pooler is not None:  # unused (we mean-pool); DDP insists every trainable weight gets a gradient
+            for p in pooler.parameters():
+                p.requires_grad = False
         self.texts = {i.id: i.text for i in dataset.items}
         self.pairs = co_liked_pairs(train, window=config.window, seed=config.seed)
         self.log_q = log_q(self.pairs)
@@ -92,6 +97,8 @@ class ContrastiveTrainer:
     def _freeze(self, layers: int) -> None:
         if layers <= 0:
             return
+        if layers >= len(self.model.encoder.layer):
+            raise ValueError(f"freeze_layers={layers} would freeze all {len(self.model.encoder.layer)} layers")
         for p in self.model.embeddings.parameters():
             p.requires_grad = False
         for layer in self.model.encoder.layer[:layers]:
@@ -113,8 +120,9 @@ class ContrastiveTrainer:
 
     def loss(self, batch_pairs: np.ndarray):
         torch = self.torch
-        anchors = self._encode(batch_pairs[:, 0])
-        positives = self._encode(batch_pairs[:, 1])
+        # One forward pass for both sides: DDP synchronises one backward per forward.
+        both = self._encode(np.concatenate([batch_pairs[:, 0], batch_pairs[:, 1]]))
+        anchors, positives = both[: len(batch_pairs)], both[len(batch_pairs) :]
         logits = anchors @ positives.T / self.config.temperature
         if self.config.logq_correction:
             correction = torch.tensor([self.log_q[int(i)] for i in batch_pairs[:, 1]], device=logits.device)
@@ -162,12 +170,13 @@ class ContrastiveTrainer:
                 if checkpoint_every and self.step % checkpoint_every == 0:
                     self.save(self.out_dir)
         metrics = self._validate(validate) if validate else {}
+        window = max(1, min(20, len(self.losses) // 4))  # running mean over the first and last steps
         summary = {
             "steps": self.step,
             "pairs": len(self.pairs),
             "train_s": time.perf_counter() - began,
-            "first_loss": float(np.mean(self.losses[:20])) if self.losses else None,
-            "last_loss": float(np.mean(self.losses[-20:])) if self.losses else None,
+            "first_loss": float(np.mean(self.losses[:window])) if self.losses else None,
+            "last_loss": float(np.mean(self.losses[-window:])) if self.losses else None,
             "validation": metrics,
         }
         self.save(self.out_dir, summary)

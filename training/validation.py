@@ -14,9 +14,14 @@ def encode_with(trainer, dataset: Dataset, batch: int = 256) -> np.ndarray:
     torch = trainer.torch
     ids = np.array([i.id for i in dataset.items], dtype=np.int64)
     out = []
-    with torch.inference_mode():
-        for start in range(0, len(ids), batch):
-            out.append(trainer._encode(ids[start : start + batch]).cpu().numpy())
+    was_training = trainer.model.training
+    trainer.model.eval()  # no dropout: the vectors the service would compute
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(ids), batch):
+                out.append(trainer._encode(ids[start : start + batch]).cpu().numpy())
+    finally:
+        trainer.model.train(was_training)
     return np.concatenate(out)
 
 

@@ -45,7 +45,8 @@ class BertEncoder:
         path = Path(model_path or default_model_path())
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no Hugging Face checkpoint (config.json) in {path}")
-        self.model_name = path.name if model_path else "all-MiniLM-L6-v2"
+        packaged = path.resolve() == Path(default_model_path()).resolve()
+        self.model_name = "all-MiniLM-L6-v2" if packaged else path.name
         self.model_path = str(path)
         self.device = device
         self.max_length = max_length

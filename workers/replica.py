@@ -36,8 +36,9 @@ class EncoderReplica:
     replica with num_gpus=1 sees exactly its own GPU as cuda:0.
     """
 
-    def __init__(self, name: str, model: ModelConfig, workers: WorkersConfig, torch_threads: int,
-                 model_pointer: str = ""):
+    def __init__(
+        self, name: str, model: ModelConfig, workers: WorkersConfig, torch_threads: int, model_pointer: str = ""
+    ):
         import torch
 
         from bertrec.workers.device import resolve_device
