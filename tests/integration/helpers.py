@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 
 from bertrec.config import load_config
@@ -35,3 +36,10 @@ def make_config(data_dir, **sections):
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
     return load_config(environ={}, overrides=overrides)
+
+
+def free_port() -> int:
+    """A loopback port free right now, for servers started as separate processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

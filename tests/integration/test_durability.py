@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,22 +12,16 @@ from pathlib import Path
 import pytest
 
 from bertrec.client import Client
-from tests.integration.helpers import catalogue
+from tests.integration.helpers import catalogue, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
     """`bertrec serve` in its own process, joined to the test's Ray cluster."""
 
     def __init__(self, data_dir: Path, gcs_address: str, log_path: Path):
-        self.port = _free_port()
+        self.port = free_port()
         env = {
             **os.environ,
             "BERTREC_WORKERS_CPUS_PER_REPLICA": "0.5",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,12 @@ from pathlib import Path
 import pytest
 
 from bertrec.client import Client
+from tests.integration.helpers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bertrec() -> list[str]:
@@ -45,7 +39,7 @@ def test_readme_client_example_is_valid_python():
 def test_demo_serves_the_bundled_catalogue_and_recommends_for_user_1(ray_cluster, tmp_path):
     # The README's `bertrec serve` with no flags but a free port and a temp data dir; it starts
     # (or here joins) a local Ray and ingests MovieLens-small on first start.
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "BERTREC_WORKERS_CPUS_PER_REPLICA": "0.5"}
     cmd = [
         *_bertrec(),
