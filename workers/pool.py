@@ -12,11 +12,14 @@ import numpy as np
 
 from bertrec.config import ModelConfig, WorkersConfig
 from bertrec.errors import DeadlineExceeded, WorkerLost
+from bertrec.workers.coalescing import Coalescer
 
 logger = logging.getLogger(__name__)
 
 # Large requests (catalogue ingestion) are split so every replica gets a share.
 SPLIT_TEXTS = 256
+# Requests this small (queries, single texts) are merged with concurrent ones before the actor call.
+COALESCE_MAX_TEXTS = 8
 
 
 def ensure_ray(workers: WorkersConfig) -> None:
@@ -46,6 +49,11 @@ class RayEncoderPool:
         self._in_flight: list[int] = []
         self.dim = 0
         self.model_name = ""
+        merged = min(workers.max_batch_size, workers.max_queue)
+        self._coalescers = {
+            staging: Coalescer(lambda texts, deadline, s=staging: self._encode_chunk(texts, deadline, s), merged)
+            for staging in (False, True)
+        }
         self.gpus_per_replica = 0
 
     def _replica_count(self, gpus: int) -> int:
@@ -116,6 +124,8 @@ class RayEncoderPool:
     async def encode(self, texts: list[str], deadline: float | None = None, staging: bool = False) -> np.ndarray:
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
+        if len(texts) <= COALESCE_MAX_TEXTS:
+            return await self._coalescers[staging].submit(texts, deadline)
         # Every replica gets a share of a large request, and no chunk is larger than a replica's
         # queue (it could never be admitted).
         share = -(-len(texts) // len(self.replicas))
@@ -140,6 +150,11 @@ class RayEncoderPool:
 
     async def drop_staging(self) -> None:
         await asyncio.gather(*(r.drop_staging.remote() for r in self.replicas), return_exceptions=True)
+
+    @property
+    def coalescing(self) -> dict:
+        active = self._coalescers[False]
+        return {"requests": active.requests, "replica_calls": active.calls}
 
     async def info(self) -> list[dict]:
         import ray
