@@ -125,10 +125,11 @@ class Catalog:
             or records[item.id].text_hash != text_hash(item.text)
             or not records[item.id].has_vector
         ]
+        encoding = {item.id for item in to_encode}
         changed_metadata = [
             item
             for item in latest.values()
-            if item.id in records and item not in to_encode and records[item.id].item.metadata != item.metadata
+            if item.id in records and item.id not in encoding and records[item.id].item.metadata != item.metadata
         ]
         vectors = await self.encoder.encode([i.text for i in to_encode], deadline) if to_encode else None
         by_id = {i.id: v for i, v in zip(to_encode, vectors)} if vectors is not None else {}
