@@ -258,10 +258,13 @@ def _train(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=2))
         print(f"checkpoint: {args.out}")
         return 0
-    trainer = ContrastiveTrainer(config, dataset, split.train, args.out)
+    # Validation positives are held out of training, so the stored validation figure (which the
+    # hot-swap gate compares) measures what the model did not see.
+    validation = None if args.no_validate else validation_split(split)
+    trainer = ContrastiveTrainer(config, dataset, validation.train if validation else split.train, args.out)
     if args.resume:
         trainer.resume(Path(args.resume))
-    validate = make_validator(trainer, dataset, validation_split(split)) if not args.no_validate else None
+    validate = make_validator(trainer, dataset, validation) if validation else None
     summary = trainer.train(validate, validate_every=args.validate_every, checkpoint_every=args.checkpoint_every)
     print(json.dumps(summary, indent=2))
     print(f"checkpoint: {args.out}")
