@@ -9,7 +9,6 @@ import dataclasses
 import json
 import logging
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,13 +90,13 @@ def _ingest(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.items:
             items = list(_items_from(Path(args.items)))
-            totals = Counter()
+            summary = None
             with tqdm(total=len(items), desc="items", unit="item") as bar:
                 for start in range(0, len(items), args.batch_size * 8):
                     part = items[start : start + args.batch_size * 8]
-                    totals.update(dataclasses.asdict(client.upsert_items(part, batch_size=args.batch_size)))
+                    result = client.upsert_items(part, batch_size=args.batch_size)
+                    summary = result if summary is None else summary + result
                     bar.update(len(part))
-            summary = ", ".join(f"{k}={v}" for k, v in totals.items())
             print(f"items: {summary}")
         if args.interactions:
             rows = list(_interactions_from(Path(args.interactions)))

@@ -85,6 +85,16 @@ class UpsertSummary:
     unchanged: int = 0
     encoded: int = 0
 
+    def __add__(self, other: UpsertSummary) -> UpsertSummary:
+        """Totals over the messages of one stream (or several streams)."""
+        return UpsertSummary(
+            self.received + other.received,
+            self.inserted + other.inserted,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+            self.encoded + other.encoded,
+        )
+
 
 @dataclass(frozen=True)
 class DeleteSummary:

@@ -230,13 +230,10 @@ class TextPlusPopularity:
     name = "zero-shot + popularity"
     grid = [{"weight": w, "ridge": r} for w in (0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2) for r in (1.0, 10.0, 100.0)]
 
-    def __init__(
-        self, item_vectors: np.ndarray, weight: float = 0.2, ridge: float = 10.0, predicted_only: bool = False
-    ):
+    def __init__(self, item_vectors: np.ndarray, weight: float = 0.2, ridge: float = 10.0):
         self.zero_shot = ZeroShot(item_vectors)
         self.weight = weight
         self.ridge = ridge
-        self.predicted_only = predicted_only
 
     def fit(self, data: TrainData) -> None:
         self.zero_shot.fit(data)
@@ -248,7 +245,7 @@ class TextPlusPopularity:
         centre = log_pop[warm].mean()
         coef = np.linalg.solve(xw.T @ xw + self.ridge * np.eye(v.shape[1]), xw.T @ (log_pop[warm] - centre))
         predicted = v @ coef + centre
-        prior = predicted if self.predicted_only else np.where(warm, log_pop, predicted)
+        prior = np.where(warm, log_pop, predicted)
         self.prior = _standardise(prior).astype(np.float32)
 
     def score(self, rows: np.ndarray) -> np.ndarray:

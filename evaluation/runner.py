@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertrec.evaluation.methods import Method, TrainData
-from bertrec.evaluation.metrics import per_user_metrics, recall_curve, tie_keys, top_k
+from bertrec.evaluation.metrics import coverage_at, per_user_metrics, recall_curve, tie_keys, top_k
 from bertrec.evaluation.splits import Split, validation_split
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def run_method(method: Method, split: Split, data: TrainData | None = None) -> M
     top = np.concatenate(tops) if tops else np.zeros((0, CURVE_MAX_K), np.int64)
     relevant = [split.test[u] for u in users]
     per_user = per_user_metrics(top, relevant, split.candidate_ids)
-    coverage = len(np.unique(top[:, :10])) / len(candidate_cols) if len(top) else 0.0
+    coverage = coverage_at(top, 10, len(candidate_cols)) if len(top) else 0.0
     return MethodResult(
         method=method.name,
         split=split.name,

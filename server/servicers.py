@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
-import numpy as np
 
 from bertrec import convert
 from bertrec.errors import InvalidRequest, NotFound, NotReady
@@ -15,7 +14,7 @@ from bertrec.server import validation
 from bertrec.server.errors import grpc_errors
 from bertrec.server.registration import decoded, decoded_stream
 from bertrec.server.state import ServiceState
-from bertrec.types import ScoredItem
+from bertrec.types import ScoredItem, UpsertSummary
 from bertrec.v1 import recommender_pb2 as pb
 
 
@@ -112,21 +111,17 @@ class RecommenderServicer(_Base):
 class CatalogServicer(_Base):
     @grpc_errors
     async def UpsertItems(self, request_iterator, context):
-        totals = np.zeros(5, dtype=np.int64)
+        totals = UpsertSummary()
         async for message in decoded_stream(request_iterator):
             try:
                 items = [convert.item_from_pb(m) for m in message.items]
                 validation.check_items(items, self.config)
             except InvalidRequest as exc:
-                raise InvalidRequest(f"{exc} ({int(totals[0])} earlier items in this stream were stored)") from None
+                raise InvalidRequest(f"{exc} ({totals.received} earlier items in this stream were stored)") from None
             if not items:
                 continue
-            summary = await self.ready().catalog.upsert(items, deadline_of(context))
-            totals += [summary.received, summary.inserted, summary.updated, summary.unchanged, summary.encoded]
-        received, inserted, updated, unchanged, encoded = (int(x) for x in totals)
-        return pb.UpsertItemsResponse(
-            received=received, inserted=inserted, updated=updated, unchanged=unchanged, encoded=encoded
-        )
+            totals = totals + await self.ready().catalog.upsert(items, deadline_of(context))
+        return convert.upsert_summary_to_pb(totals)
 
     @grpc_errors
     async def DeleteItems(self, request, context):

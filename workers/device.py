@@ -18,15 +18,6 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def visible_gpu_count() -> int:
-    """GPUs this process can see, without initialising CUDA in a way that pins a device."""
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def faiss_gpu_count() -> int:
     """GPUs FAISS can use: 0 when the faiss build has no GPU support."""
     import faiss

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 import numpy as np
 
@@ -53,7 +52,6 @@ class EncoderReplica:
         path = read_model_pointer(model_pointer) or model.path
         self.encoder, self.batcher = self._load(path)
         self.staging: tuple | None = None
-        self.started_at = time.time()
         logger.info("replica %s ready on %s (pid %d)", name, self.device, os.getpid())
 
     def _load(self, path: str):
@@ -106,6 +104,3 @@ class EncoderReplica:
             "queue_depth": self.batcher.queue_depth,
             "expired": stats.expired,
         }
-
-    def pid(self) -> int:
-        return os.getpid()

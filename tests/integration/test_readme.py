@@ -24,6 +24,11 @@ def _bertrec() -> list[str]:
     return [sys.executable, "-m", "bertrec.cli"]
 
 
+def _cli(*args: str, env: dict) -> str:
+    """Run a `bertrec` client command and return what it printed."""
+    return subprocess.run([*_bertrec(), *args], env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
 def test_readme_names_its_commands():
     assert "make demo" in README and "make test" in README
     makefile = (ROOT / "Makefile").read_text()
@@ -60,31 +65,15 @@ def test_demo_serves_the_bundled_catalogue_and_recommends_for_user_1(ray_cluster
             assert info.item_count == 9742 and info.user_count == 610 and info.index_size == 9742
 
             target = ["--target", f"127.0.0.1:{port}"]
-            table = subprocess.run(
-                [*_bertrec(), "recommend", *target, "--user", "1"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            ).stdout
+            table = _cli("recommend", *target, "--user", "1", env=env)
             rows = [line for line in table.splitlines()[1:] if line.strip()]
             assert len(rows) == 10, table
 
-            out = subprocess.run(
-                [*_bertrec(), "recommend", *target, "--user", "1", "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            ).stdout
+            out = _cli("recommend", *target, "--user", "1", "--json", env=env)
             results = json.loads(out)
             assert [r["rank"] for r in results] == list(range(1, 11))
             assert all(r["text"] and r["because_text"] for r in results)
-            stats = subprocess.run(
-                [*_bertrec(), "stats", *target], env=env, capture_output=True, text=True, timeout=60, check=True
-            ).stdout
+            stats = _cli("stats", *target, env=env)
             assert "9742 items, 610 users" in stats
         finally:
             proc.terminate()
