@@ -85,6 +85,14 @@ class IndexConfig:
     """HNSW search breadth."""
     use_gpu: str = "auto"
     """auto = GPU index when faiss has GPU support and GPUs are visible; "no" to force CPU."""
+    shards: int = 1
+    """1 = one in-process index; N > 1 = N Ray actors, each holding the items whose id hashes to it."""
+    shard_prefix: str = "bertrec-index"
+    """Shard actors are named <shard_prefix>-shard-<i>; front ends with the same prefix share them."""
+    cpus_per_shard: float = 1.0
+    """Ray CPU resource reserved by each shard actor."""
+    detached_shards: bool = True
+    """Shards outlive the front end that created them (others may be using them); False = die with it."""
 
 
 @dataclass(frozen=True)
@@ -200,5 +208,7 @@ def validate_config(config: Config) -> None:
     w = config.workers
     if w.replicas < 0 or w.max_batch_size < 1 or w.max_queue < 1 or w.max_wait_s < 0:
         raise ValueError("workers: replicas >= 0, max_batch_size >= 1, max_queue >= 1, max_wait_s >= 0")
+    if config.index.shards < 1 or config.index.cpus_per_shard < 0:
+        raise ValueError("index: shards >= 1, cpus_per_shard >= 0")
     if bool(config.auth.tls_cert) != bool(config.auth.tls_key):
         raise ValueError("auth.tls_cert and auth.tls_key go together")

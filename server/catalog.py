@@ -15,6 +15,7 @@ from bertrec.store import Store
 from bertrec.store.sqlite import text_hash
 from bertrec.types import DeleteSummary, Item, UpsertSummary
 from bertrec.workers.index import FaissIndex
+from bertrec.workers.shards import load_index, make_index, snapshot_meta
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +51,21 @@ class Catalog:
         self._write_lock = asyncio.Lock()
         self._snapshot_version = -1
 
-    def _new_index(self) -> FaissIndex:
-        c = self.index_config
-        return FaissIndex(self.encoder.dim, c.factory, nprobe=c.nprobe, ef_search=c.ef_search, use_gpu=c.use_gpu)
+    def _new_index(self, model: str) -> FaissIndex:
+        return make_index(self.encoder.dim, self.index_config, table=model)  # type: ignore[return-value]
 
     async def open(self) -> None:
         """Encode items that lack a vector for this model, then load the snapshot or rebuild."""
         await self._encode_missing()
         version = await asyncio.to_thread(self.store.version)
-        meta = FaissIndex.snapshot_meta(self.snapshot_dir)
+        meta = snapshot_meta(self.snapshot_dir, self.index_config)  # None also when the shard count changed
         if (
             meta
             and meta.get("version") == version
             and meta.get("model") == self.model
             and meta.get("factory") == self.index_config.factory
         ):
-            c = self.index_config
-            self.index = await asyncio.to_thread(FaissIndex.load, self.snapshot_dir, c.nprobe, c.ef_search, c.use_gpu)
+            self.index = await asyncio.to_thread(load_index, self.snapshot_dir, self.index_config, self.model)  # type: ignore[assignment]
             self._snapshot_version = version
             logger.info("index snapshot loaded: %d items (store version %d)", len(self.index), version)
             return
@@ -186,7 +185,7 @@ class Catalog:
                 await progress("encoding", done, len(items))
 
     async def _build_index(self, model: str) -> FaissIndex:
-        index = self._new_index()
+        index = await asyncio.to_thread(self._new_index, model)  # shard actors may take a while to start
         ids, vectors = [], []
         for batch_ids, batch_vectors in await asyncio.to_thread(lambda: list(self.store.iter_vectors(model))):
             ids.append(batch_ids)

@@ -36,6 +36,7 @@ def test_config_file_from_environment(tmp_path):
         {"BERTREC_SERVER_PORT": "70000"},
         {"BERTREC_STORE_LOAD_DEMO": "maybe"},
         {"BERTREC_WORKERS_MAX_BATCH_SIZE": "0"},
+        {"BERTREC_INDEX_SHARDS": "0"},
     ],
 )
 def test_bad_values_are_refused(env):
