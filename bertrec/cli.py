@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(
         args.config,
         overrides={
-            "server": {"host": args.host, "port": args.port},
+            "server": {"host": args.host, "port": args.port, "metrics_port": args.metrics_port},
             "store": {"data_dir": args.data_dir, "load_demo": False if args.no_demo else None},
             "model": {"path": args.model, "device": args.device},
             "workers": {"replicas": args.replicas, "ray_address": args.ray_address},
@@ -279,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML file (sections as in bertrec.config)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = a free one)")
     serve.add_argument("--data-dir")
     serve.add_argument("--model", help="local Hugging Face checkpoint folder (default: packaged MiniLM)")
     serve.add_argument("--device", help="auto, cpu, cuda")
@@ -367,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_access_log() -> None:
+    """The server's per-RPC lines are JSON objects already: print them bare, one per line."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("bertrec.access")
+    access.addHandler(handler)
+    access.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -374,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _json_access_log()
     from bertrec.errors import BertrecError
 
     try:

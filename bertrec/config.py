@@ -41,6 +41,8 @@ class ServerConfig:
     user_cache_size: int = 100_000
     snapshot_interval_s: float = 30.0
     """How often a changed index is snapshotted to disk (it is also saved on shutdown)."""
+    metrics_port: int = -1
+    """Port of the Prometheus /metrics endpoint (plain HTTP on `host`); -1 = off, 0 picks a free one."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,8 @@ def validate_config(config: Config) -> None:
     s = config.server
     if not 0 <= s.port <= 65535:
         raise ValueError(f"server.port {s.port} is out of range")
+    if not -1 <= s.metrics_port <= 65535:
+        raise ValueError(f"server.metrics_port {s.metrics_port} is out of range (-1 = off)")
     if s.max_k < 1 or s.default_candidate_pool_size < 1:
         raise ValueError("server.max_k and server.default_candidate_pool_size must be positive")
     if s.max_candidate_pool_size < s.default_candidate_pool_size:

@@ -18,6 +18,8 @@ def metadata_from_json(text: str, item_id: int | None = None) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise InvalidRequest(f"metadata_json{where} is not valid JSON: {exc}") from None
+    except RecursionError:  # '[[[[...' deeper than the parser's stack
+        raise InvalidRequest(f"metadata_json{where} is nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"metadata_json{where} must be a JSON object, got {type(value).__name__}")
     return value

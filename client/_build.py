@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from bertrec.v1 import recommender_pb2 as pb
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVING = 1  # grpc.health.v1.HealthCheckResponse.ServingStatus.SERVING
+REQUEST_ID_KEY = "x-request-id"
 
 
 def user_query(user_id: str | int | None, history: Sequence[int] | None, text: str | None) -> UserQuery:
@@ -113,6 +115,16 @@ def health_status(response: bytes) -> int:
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def with_request_id(metadata: tuple[tuple[str, str], ...], request_id: str | None) -> tuple[tuple[str, str], ...]:
+    """Every call carries an `x-request-id` (the caller's, or a fresh one); retries reuse it, so
+    the server's log shows one logical request, and its trailing metadata echoes it back."""
+    return (*metadata, (REQUEST_ID_KEY, request_id or new_request_id()))
 
 
 def channel_credentials(

@@ -94,13 +94,18 @@ class AsyncClient:
                 backoff *= 2
         raise DeadlineExceeded("deadline passed while retrying an unavailable server")
 
-    async def _unary(self, method: Callable, request: Any, timeout_s: float | None) -> Any:
-        return await self._call(lambda t: method(request, timeout=t, metadata=self._metadata), timeout_s)
+    async def _unary(self, method: Callable, request: Any, timeout_s: float | None, request_id: str | None) -> Any:
+        metadata = b.with_request_id(self._metadata, request_id)
+        return await self._call(lambda t: method(request, timeout=t, metadata=metadata), timeout_s)
 
-    async def _server_stream(self, method: Callable, request: Any, timeout_s: float | None) -> AsyncIterator[Any]:
+    async def _server_stream(
+        self, method: Callable, request: Any, timeout_s: float | None, request_id: str | None
+    ) -> AsyncIterator[Any]:
+        metadata = b.with_request_id(self._metadata, request_id)
+
         # Retry only until the first message arrived; from then on errors reach the caller.
         async def first(t: float):
-            call = method(request, timeout=t, metadata=self._metadata)
+            call = method(request, timeout=t, metadata=metadata)
             iterator = call.__aiter__()
             try:
                 return iterator, await iterator.__anext__()
@@ -132,6 +137,7 @@ class AsyncClient:
         chunk_size: int = 0,
         exclude_item_ids: Sequence[int] = (),
         timeout_s: float | None = None,
+        request_id: str | None = None,
     ) -> AsyncIterator[ScoredItem]:
         request = b.recommend_request(
             user_id=user_id,
@@ -146,18 +152,18 @@ class AsyncClient:
             chunk_size=chunk_size,
             exclude_item_ids=exclude_item_ids,
         )
-        async for response in self._server_stream(self._recommender.Recommend, request, timeout_s):
+        async for response in self._server_stream(self._recommender.Recommend, request, timeout_s, request_id):
             for scored in response.items:
                 yield convert.scored_from_pb(scored)
 
     async def recommend_many(
-        self, queries: Iterable[RecommendQuery], timeout_s: float | None = None
+        self, queries: Iterable[RecommendQuery], timeout_s: float | None = None, *, request_id: str | None = None
     ) -> AsyncIterator[tuple[str, list[ScoredItem]]]:
         pending: dict[str, list[ScoredItem]] = {}
         call = self._recommender.RecommendStream(
             (convert.recommend_query_to_pb(q) for q in queries),
             timeout=timeout_s or self.timeout_s,
-            metadata=self._metadata,
+            metadata=b.with_request_id(self._metadata, request_id),
         )
         try:
             async for response in call:
@@ -180,6 +186,7 @@ class AsyncClient:
         include_items: bool = False,
         chunk_size: int = 0,
         timeout_s: float | None = None,
+        request_id: str | None = None,
     ) -> AsyncIterator[ScoredItem]:
         request = b.rerank_request(
             user_id=user_id,
@@ -191,52 +198,71 @@ class AsyncClient:
             include_items=include_items,
             chunk_size=chunk_size,
         )
-        async for response in self._server_stream(self._recommender.Rerank, request, timeout_s):
+        async for response in self._server_stream(self._recommender.Rerank, request, timeout_s, request_id):
             for scored in response.items:
                 yield convert.scored_from_pb(scored)
 
     async def upsert_items(
-        self, items: Iterable[Item | Mapping[str, Any]], batch_size: int = 256, timeout_s: float | None = None
+        self,
+        items: Iterable[Item | Mapping[str, Any]],
+        batch_size: int = 256,
+        timeout_s: float | None = None,
+        *,
+        request_id: str | None = None,
     ) -> UpsertSummary:
+        metadata = b.with_request_id(self._metadata, request_id)
+
         async def invoke(t: float):
-            return await self._catalog.UpsertItems(
-                b.upsert_messages(items, batch_size), timeout=t, metadata=self._metadata
-            )
+            return await self._catalog.UpsertItems(b.upsert_messages(items, batch_size), timeout=t, metadata=metadata)
 
         response = await self._call(invoke, timeout_s or max(self.timeout_s, 600.0), isinstance(items, Sequence))
         return convert.upsert_summary_from_pb(response)
 
-    async def delete_items(self, item_ids: Sequence[int], timeout_s: float | None = None) -> DeleteSummary:
+    async def delete_items(
+        self, item_ids: Sequence[int], timeout_s: float | None = None, *, request_id: str | None = None
+    ) -> DeleteSummary:
         request = pb.DeleteItemsRequest(item_ids=list(item_ids))
-        response = await self._unary(self._catalog.DeleteItems, request, timeout_s)
+        response = await self._unary(self._catalog.DeleteItems, request, timeout_s, request_id)
         return DeleteSummary(response.deleted, tuple(response.missing_item_ids))
 
-    async def get_items(self, item_ids: Sequence[int], timeout_s: float | None = None) -> list[Item]:
-        response = await self._unary(self._catalog.GetItems, pb.GetItemsRequest(item_ids=list(item_ids)), timeout_s)
+    async def get_items(
+        self, item_ids: Sequence[int], timeout_s: float | None = None, *, request_id: str | None = None
+    ) -> list[Item]:
+        request = pb.GetItemsRequest(item_ids=list(item_ids))
+        response = await self._unary(self._catalog.GetItems, request, timeout_s, request_id)
         return [convert.item_from_pb(i) for i in response.items]
 
     async def record_interactions(
-        self, interactions: Iterable[Interaction | Mapping[str, Any]], timeout_s: float | None = None
+        self,
+        interactions: Iterable[Interaction | Mapping[str, Any]],
+        timeout_s: float | None = None,
+        *,
+        request_id: str | None = None,
     ) -> int:
         request = b.interactions_request(interactions)
-        return (await self._unary(self._catalog.RecordInteractions, request, timeout_s)).recorded
+        return (await self._unary(self._catalog.RecordInteractions, request, timeout_s, request_id)).recorded
 
-    async def forget_user(self, user_id: str | int, timeout_s: float | None = None) -> int:
+    async def forget_user(
+        self, user_id: str | int, timeout_s: float | None = None, *, request_id: str | None = None
+    ) -> int:
         request = pb.ForgetUserRequest(user_id=str(user_id))
-        return (await self._unary(self._catalog.ForgetUser, request, timeout_s)).deleted_interactions
+        return (await self._unary(self._catalog.ForgetUser, request, timeout_s, request_id)).deleted_interactions
 
-    async def encode(self, texts: Sequence[str], timeout_s: float | None = None) -> list[list[float]]:
-        response = await self._unary(self._embedder.Encode, pb.EncodeRequest(texts=list(texts)), timeout_s)
+    async def encode(
+        self, texts: Sequence[str], timeout_s: float | None = None, *, request_id: str | None = None
+    ) -> list[list[float]]:
+        request = pb.EncodeRequest(texts=list(texts))
+        response = await self._unary(self._embedder.Encode, request, timeout_s, request_id)
         return [list(v.values) for v in response.vectors]
 
-    async def info(self, timeout_s: float | None = None) -> ServiceInfo:
-        return convert.info_from_pb(await self._unary(self._admin.Info, pb.InfoRequest(), timeout_s))
+    async def info(self, timeout_s: float | None = None, *, request_id: str | None = None) -> ServiceInfo:
+        return convert.info_from_pb(await self._unary(self._admin.Info, pb.InfoRequest(), timeout_s, request_id))
 
     async def load_model(
-        self, model_path: str, force: bool = False, timeout_s: float = 3600.0
+        self, model_path: str, force: bool = False, timeout_s: float = 3600.0, *, request_id: str | None = None
     ) -> AsyncIterator[tuple[str, int, int, str]]:
         request = pb.LoadModelRequest(model_path=model_path, force=force)
-        async for p in self._server_stream(self._admin.LoadModel, request, timeout_s):
+        async for p in self._server_stream(self._admin.LoadModel, request, timeout_s, request_id):
             yield p.stage, p.done, p.total, p.message
 
     async def is_serving(self, timeout_s: float = 2.0) -> bool:

@@ -33,6 +33,9 @@ class Client:
     Every call has a deadline (`timeout_s`, per call or the client default). Only UNAVAILABLE is
     retried, with jittered exponential backoff inside that deadline; a stream is retried only
     before its first message arrived, so a caller never sees a result twice.
+
+    Every call also sends an `x-request-id` (`request_id=`, or a fresh one per call) that the
+    server logs and echoes in its trailing metadata; pass your own to correlate logs.
     """
 
     def __init__(
@@ -102,20 +105,24 @@ class Client:
 
             yield remaining, should_retry
 
-    def _unary(self, method: Callable, request: Any, timeout_s: float | None) -> Any:
+    def _unary(self, method: Callable, request: Any, timeout_s: float | None, request_id: str | None = None) -> Any:
+        metadata = b.with_request_id(self._metadata, request_id)
         for remaining, should_retry in self._attempts(timeout_s):
             try:
-                return method(request, timeout=remaining, metadata=self._metadata)
+                return method(request, timeout=remaining, metadata=metadata)
             except grpc.RpcError as error:
                 if not should_retry(error):
                     raise b.translate(error) from None
         raise AssertionError("unreachable")
 
-    def _server_stream(self, method: Callable, request: Any, timeout_s: float | None) -> Iterator[Any]:
+    def _server_stream(
+        self, method: Callable, request: Any, timeout_s: float | None, request_id: str | None = None
+    ) -> Iterator[Any]:
+        metadata = b.with_request_id(self._metadata, request_id)
         for remaining, should_retry in self._attempts(timeout_s):
             started = False
             try:
-                for response in method(request, timeout=remaining, metadata=self._metadata):
+                for response in method(request, timeout=remaining, metadata=metadata):
                     started = True
                     yield response
                 return
@@ -139,6 +146,7 @@ class Client:
         chunk_size: int = 0,
         exclude_item_ids: Sequence[int] = (),
         timeout_s: float | None = None,
+        request_id: str | None = None,
     ) -> Iterator[ScoredItem]:
         """Top-k items in rank order, yielded as the chunks arrive."""
         request = b.recommend_request(
@@ -154,12 +162,12 @@ class Client:
             chunk_size=chunk_size,
             exclude_item_ids=exclude_item_ids,
         )
-        for response in self._server_stream(self._recommender.Recommend, request, timeout_s):
+        for response in self._server_stream(self._recommender.Recommend, request, timeout_s, request_id):
             for scored in response.items:
                 yield convert.scored_from_pb(scored)
 
     def recommend_many(
-        self, queries: Iterable[RecommendQuery], timeout_s: float | None = None
+        self, queries: Iterable[RecommendQuery], timeout_s: float | None = None, *, request_id: str | None = None
     ) -> Iterator[tuple[str, list[ScoredItem]]]:
         """Bulk recommendations over one bidirectional stream: yields (request_id, results) as each
         request completes (not necessarily in request order)."""
@@ -167,7 +175,7 @@ class Client:
         pending: dict[str, list[ScoredItem]] = {}
         try:
             call = self._recommender.RecommendStream(
-                requests, timeout=timeout_s or self.timeout_s, metadata=self._metadata
+                requests, timeout=timeout_s or self.timeout_s, metadata=b.with_request_id(self._metadata, request_id)
             )
             for response in call:
                 results = pending.setdefault(response.request_id, [])
@@ -189,6 +197,7 @@ class Client:
         include_items: bool = False,
         chunk_size: int = 0,
         timeout_s: float | None = None,
+        request_id: str | None = None,
     ) -> Iterator[ScoredItem]:
         """Re-score candidates (catalogue ids, or raw texts returned as ids -1, -2, ...)."""
         request = b.rerank_request(
@@ -201,21 +210,27 @@ class Client:
             include_items=include_items,
             chunk_size=chunk_size,
         )
-        for response in self._server_stream(self._recommender.Rerank, request, timeout_s):
+        for response in self._server_stream(self._recommender.Rerank, request, timeout_s, request_id):
             for scored in response.items:
                 yield convert.scored_from_pb(scored)
 
     # Catalogue
     def upsert_items(
-        self, items: Iterable[Item | Mapping[str, Any]], batch_size: int = 256, timeout_s: float | None = None
+        self,
+        items: Iterable[Item | Mapping[str, Any]],
+        batch_size: int = 256,
+        timeout_s: float | None = None,
+        *,
+        request_id: str | None = None,
     ) -> UpsertSummary:
         """Stream items in; durable when this returns. Retried on UNAVAILABLE only for sequences
         (an iterator cannot be replayed); upserts are idempotent."""
         replayable = isinstance(items, Sequence)
+        metadata = b.with_request_id(self._metadata, request_id)
         for remaining, should_retry in self._attempts(timeout_s or max(self.timeout_s, 600.0)):
             try:
                 response = self._catalog.UpsertItems(
-                    b.upsert_messages(items, batch_size), timeout=remaining, metadata=self._metadata
+                    b.upsert_messages(items, batch_size), timeout=remaining, metadata=metadata
                 )
                 return convert.upsert_summary_from_pb(response)
             except grpc.RpcError as error:
@@ -223,38 +238,52 @@ class Client:
                     raise b.translate(error) from None
         raise AssertionError("unreachable")
 
-    def delete_items(self, item_ids: Sequence[int], timeout_s: float | None = None) -> DeleteSummary:
-        response = self._unary(self._catalog.DeleteItems, pb.DeleteItemsRequest(item_ids=list(item_ids)), timeout_s)
+    def delete_items(
+        self, item_ids: Sequence[int], timeout_s: float | None = None, *, request_id: str | None = None
+    ) -> DeleteSummary:
+        request = pb.DeleteItemsRequest(item_ids=list(item_ids))
+        response = self._unary(self._catalog.DeleteItems, request, timeout_s, request_id)
         return DeleteSummary(response.deleted, tuple(response.missing_item_ids))
 
-    def get_items(self, item_ids: Sequence[int], timeout_s: float | None = None) -> list[Item]:
-        response = self._unary(self._catalog.GetItems, pb.GetItemsRequest(item_ids=list(item_ids)), timeout_s)
+    def get_items(
+        self, item_ids: Sequence[int], timeout_s: float | None = None, *, request_id: str | None = None
+    ) -> list[Item]:
+        request = pb.GetItemsRequest(item_ids=list(item_ids))
+        response = self._unary(self._catalog.GetItems, request, timeout_s, request_id)
         return [convert.item_from_pb(i) for i in response.items]
 
     def record_interactions(
-        self, interactions: Iterable[Interaction | Mapping[str, Any]], timeout_s: float | None = None
+        self,
+        interactions: Iterable[Interaction | Mapping[str, Any]],
+        timeout_s: float | None = None,
+        *,
+        request_id: str | None = None,
     ) -> int:
-        response = self._unary(self._catalog.RecordInteractions, b.interactions_request(interactions), timeout_s)
+        request = b.interactions_request(interactions)
+        response = self._unary(self._catalog.RecordInteractions, request, timeout_s, request_id)
         return response.recorded
 
-    def forget_user(self, user_id: str | int, timeout_s: float | None = None) -> int:
-        response = self._unary(self._catalog.ForgetUser, pb.ForgetUserRequest(user_id=str(user_id)), timeout_s)
+    def forget_user(self, user_id: str | int, timeout_s: float | None = None, *, request_id: str | None = None) -> int:
+        request = pb.ForgetUserRequest(user_id=str(user_id))
+        response = self._unary(self._catalog.ForgetUser, request, timeout_s, request_id)
         return response.deleted_interactions
 
     # Embeddings and admin
-    def encode(self, texts: Sequence[str], timeout_s: float | None = None) -> list[list[float]]:
-        response = self._unary(self._embedder.Encode, pb.EncodeRequest(texts=list(texts)), timeout_s)
+    def encode(
+        self, texts: Sequence[str], timeout_s: float | None = None, *, request_id: str | None = None
+    ) -> list[list[float]]:
+        response = self._unary(self._embedder.Encode, pb.EncodeRequest(texts=list(texts)), timeout_s, request_id)
         return [list(v.values) for v in response.vectors]
 
-    def info(self, timeout_s: float | None = None) -> ServiceInfo:
-        return convert.info_from_pb(self._unary(self._admin.Info, pb.InfoRequest(), timeout_s))
+    def info(self, timeout_s: float | None = None, *, request_id: str | None = None) -> ServiceInfo:
+        return convert.info_from_pb(self._unary(self._admin.Info, pb.InfoRequest(), timeout_s, request_id))
 
     def load_model(
-        self, model_path: str, force: bool = False, timeout_s: float = 3600.0
+        self, model_path: str, force: bool = False, timeout_s: float = 3600.0, *, request_id: str | None = None
     ) -> Iterator[tuple[str, int, int, str]]:
         """Hot-swap the served encoder; yields (stage, done, total, message) until "done"."""
         request = pb.LoadModelRequest(model_path=model_path, force=force)
-        for p in self._server_stream(self._admin.LoadModel, request, timeout_s):
+        for p in self._server_stream(self._admin.LoadModel, request, timeout_s, request_id):
             yield p.stage, p.done, p.total, p.message
 
     def is_serving(self, timeout_s: float = 2.0) -> bool:

@@ -16,6 +16,8 @@ from grpc_reflection.v1alpha import reflection
 
 from bertrec.config import Config
 from bertrec.server.auth import TokenAuthInterceptor
+from bertrec.server.metrics import ServerMetrics
+from bertrec.server.observability import ObservabilityInterceptor
 from bertrec.server.registration import generic_handler
 from bertrec.server.servicers import AdminServicer, CatalogServicer, EmbedderServicer, RecommenderServicer
 from bertrec.server.state import ServiceState
@@ -50,7 +52,11 @@ class BertrecServer:
         self.config = config
         self.state = ServiceState(config)
         self.health = health_aio.HealthServicer()
-        interceptors = [TokenAuthInterceptor(config.auth.token)] if config.auth.token else []
+        self.metrics = ServerMetrics()
+        # Observability first, so it also sees (counts, logs) the calls the token check refuses.
+        interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(self.metrics)]
+        if config.auth.token:
+            interceptors.append(TokenAuthInterceptor(config.auth.token))
         limit = config.server.max_message_bytes
         self.server = grpc.aio.server(
             interceptors=interceptors,
@@ -75,6 +81,9 @@ class BertrecServer:
         if not self.port:
             raise OSError(f"could not bind {address}")
         self._service_names = ["", *names]
+        self.metrics_port: int | None = None
+        if config.server.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(config.server.host, config.server.metrics_port)
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -84,6 +93,7 @@ class BertrecServer:
     async def start(self) -> None:
         """Start answering (health NOT_SERVING), load model and index, then flip to SERVING."""
         await self._set_health(False)
+        self.metrics.watch(self.state, asyncio.get_running_loop())
         await self.server.start()
         logger.info("listening on %s:%d; loading model and index", self.config.server.host, self.port)
         await self.state.start()
@@ -97,6 +107,7 @@ class BertrecServer:
         await self.server.stop(self.config.server.grace_s if grace_s is None else grace_s)
         drained = time.monotonic()
         await self.state.close()
+        await asyncio.to_thread(self.metrics.close)
         logger.info("stopped: drained in %.2fs, closed in %.2fs", drained - began, time.monotonic() - drained)
 
 

@@ -9,6 +9,7 @@ import logging
 import grpc
 
 from bertrec.errors import BertrecError
+from bertrec.server.observability import current_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ GENERIC_INTERNAL = "internal error; the server logged the details"
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
     if isinstance(exc, BertrecError):
         await context.abort(exc.code, str(exc))
-    logger.exception("unhandled error in %s", method, exc_info=exc)
+    logger.exception("unhandled error in %s (request %s)", method, current_request_id(), exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, GENERIC_INTERNAL)
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from bertrec import convert
+from bertrec import convert, stages
 from bertrec.errors import InvalidRequest, NotFound, NotReady
 from bertrec.server import validation
 from bertrec.server.errors import grpc_errors
@@ -43,15 +43,19 @@ class RecommenderServicer(_Base):
         query = convert.recommend_query_from_pb(request)
         validation.check_recommend(query, self.config)
         state = self.ready()
-        results = await state.recommender.recommend(query, deadline_of(context))
+        # "rank" is what the engine does besides its own stages (user vector, encode): FAISS
+        # search, filters, exact re-scoring, MMR, explanations.
+        with stages.stage("rank"):
+            results = await state.recommender.recommend(query, deadline_of(context))
         chunks = _chunks(results, query.chunk_size or self.config.chunk_size)
-        for n, chunk in enumerate(chunks):
-            yield pb.RecommendResponse(
-                request_id=query.request_id,
-                items=[convert.scored_to_pb(s) for s in chunk],
-                last=n == len(chunks) - 1,
-                stage=int(chunk[0].stage) if chunk else pb.STAGE_RETRIEVAL,
-            )
+        with stages.stage("stream"):
+            for n, chunk in enumerate(chunks):
+                yield pb.RecommendResponse(
+                    request_id=query.request_id,
+                    items=[convert.scored_to_pb(s) for s in chunk],
+                    last=n == len(chunks) - 1,
+                    stage=int(chunk[0].stage) if chunk else pb.STAGE_RETRIEVAL,
+                )
 
     @grpc_errors
     async def Recommend(self, request, context):
@@ -98,14 +102,16 @@ class RecommenderServicer(_Base):
         query = convert.rerank_query_from_pb(decoded(request))
         validation.check_rerank(query, self.config)
         state = self.ready()
-        results = await state.recommender.rerank(query, deadline_of(context))
+        with stages.stage("rank"):
+            results = await state.recommender.rerank(query, deadline_of(context))
         chunks = _chunks(results, query.chunk_size or self.config.chunk_size)
-        for n, chunk in enumerate(chunks):
-            yield pb.RerankResponse(
-                request_id=query.request_id,
-                items=[convert.scored_to_pb(s) for s in chunk],
-                last=n == len(chunks) - 1,
-            )
+        with stages.stage("stream"):
+            for n, chunk in enumerate(chunks):
+                yield pb.RerankResponse(
+                    request_id=query.request_id,
+                    items=[convert.scored_to_pb(s) for s in chunk],
+                    last=n == len(chunks) - 1,
+                )
 
 
 class CatalogServicer(_Base):
@@ -180,5 +186,6 @@ class AdminServicer(_Base):
     @grpc_errors
     async def LoadModel(self, request, context):
         request = decoded(request)
+        validation.check_model_path(request.model_path)
         async for stage, done, total, message in self.ready().load_model(request.model_path, request.force):
             yield pb.LoadModelProgress(stage=stage, done=done, total=total, message=message)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bertrec.errors import NotFound
+from bertrec.stages import stage
 from bertrec.store import HistoryEntry, Store
 
 
@@ -68,6 +69,10 @@ class UserProfiles:
         return self.hits / total if total else 0.0
 
     async def for_user(self, user_id: str) -> UserProfile:
+        with stage("user"):
+            return await self._for_user(user_id)
+
+    async def _for_user(self, user_id: str) -> UserProfile:
         # The most recent liked items form the taste; a user who has liked nothing yet is
         # represented by what they have seen, which beats refusing a known user.
         entries, key = await asyncio.to_thread(self.store.history, user_id, self.max_history, True)
@@ -90,6 +95,10 @@ class UserProfiles:
         return profile
 
     async def for_history(self, item_ids: tuple[int, ...]) -> UserProfile:
+        with stage("user"):
+            return await self._for_history(item_ids)
+
+    async def _for_history(self, item_ids: tuple[int, ...]) -> UserProfile:
         vectors = await asyncio.to_thread(self.store.get_vectors, list(item_ids), self.model)
         missing = [i for i in item_ids if i not in vectors]
         if missing:

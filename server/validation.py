@@ -12,6 +12,7 @@ from bertrec.types import Interaction, Item, RecommendQuery, RerankQuery, UserQu
 MAX_USER_ID_CHARS = 256
 MAX_FILTERS = 32
 MAX_CHUNK_SIZE = 1000
+MAX_MODEL_PATH_CHARS = 4096
 
 
 def check_text(text: str, limit: int, what: str) -> None:
@@ -115,6 +116,12 @@ def check_interactions(interactions: Sequence[Interaction], cfg: ServerConfig) -
         check_item_id(x.item_id)
         if not math.isfinite(x.weight) or not math.isfinite(x.timestamp) or x.timestamp < 0:
             raise InvalidRequest(f"interaction of user {x.user_id!r} has a non-finite weight or bad timestamp")
+
+
+def check_model_path(path: str) -> None:
+    # The path is resolved on disk; a NUL byte makes the OS calls raise instead of answering.
+    if "\x00" in path or len(path) > MAX_MODEL_PATH_CHARS:
+        raise InvalidRequest(f"model_path must be a folder name without NUL, at most {MAX_MODEL_PATH_CHARS} chars")
 
 
 def check_texts(texts: Sequence[str], cfg: ServerConfig) -> None:

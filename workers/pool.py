@@ -12,6 +12,7 @@ import numpy as np
 
 from bertrec.config import ModelConfig, WorkersConfig
 from bertrec.errors import DeadlineExceeded, WorkerLost
+from bertrec.stages import stage
 from bertrec.workers.coalescing import Coalescer
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,10 @@ class RayEncoderPool:
         raise WorkerLost(f"encoder replicas kept failing after {attempts} attempts")
 
     async def encode(self, texts: list[str], deadline: float | None = None, staging: bool = False) -> np.ndarray:
+        with stage("encode"):  # the caller's RPC reports it in its server-timing trailer
+            return await self._encode(texts, deadline, staging)
+
+    async def _encode(self, texts: list[str], deadline: float | None, staging: bool) -> np.ndarray:
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
         if len(texts) <= COALESCE_MAX_TEXTS:
