@@ -21,7 +21,7 @@ test:
 	$(PYTHON) -m pytest
 
 lint:
-	$(VENV)/bin/ruff check bertrec server workers client store evaluation training tests bench tools
+	$(VENV)/bin/ruff check bertrec server workers client store evaluation training rerank tests bench tools
 
 protos:
 	$(PYTHON) tools/gen_protos.py

@@ -29,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
             "workers": {"replicas": args.replicas, "ray_address": args.ray_address},
             "index": {"factory": args.index},
             "auth": {"token": args.token},
+            "rerank": {"path": args.reranker},
         },
     )
     asyncio.run(serve(config, ready_file=args.ready_file))
@@ -270,6 +271,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_reranker(args: argparse.Namespace) -> int:
+    from bertrec.evaluation.experiment import encode_catalogue
+    from bertrec.evaluation.pipeline import train_for_serving
+    from bertrec.rerank.training import RerankTraining
+    from bertrec.server.state import model_fingerprint
+    from bertrec.workers.encoder import default_model_path
+
+    dataset = _load_dataset(args)
+    model = args.model or default_model_path()
+    vectors = encode_catalogue(dataset, model, Path(args.out) / "cache")
+    config = RerankTraining(members=args.members, seed=args.seed)
+    card = train_for_serving(dataset, vectors, args.out, model_fingerprint(model), config, seed=args.seed)
+    summary = {k: v for k, v in card["summary"].items() if k != "members"}
+    print(json.dumps(summary, indent=2))
+    print(f"re-ranker: {args.out}  (serve it with: bertrec serve --reranker {args.out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertrec", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -287,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ray-address", help="join an existing Ray cluster (auto or host:port)")
     serve.add_argument("--index", help="FAISS factory string (Flat, HNSW32, IVF1024,Flat ...)")
     serve.add_argument("--token", help="require this bearer token")
+    serve.add_argument("--reranker", help="trained re-ranker folder (bertrec train-reranker)")
     serve.add_argument("--no-demo", action="store_true", help="do not load the demo catalogue into an empty store")
     serve.add_argument("--ready-file", help="write the bound port here once SERVING")
     serve.set_defaults(func=_serve)
@@ -345,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker")
     tr.add_argument("--ray-address", help="Ray cluster for --workers (default: a local Ray)")
     tr.set_defaults(func=_train)
+
+    rr = sub.add_parser("train-reranker", help="train the fusion re-ranker that `serve --reranker` uses")
+    data_flags(rr)
+    rr.add_argument("--out", required=True, help="re-ranker folder")
+    rr.add_argument("--model", help="the encoder the service runs (default: packaged MiniLM)")
+    rr.add_argument("--members", type=int, default=3, help="independently seeded MLPs averaged")
+    rr.add_argument("--seed", type=int, default=0)
+    rr.set_defaults(func=_train_reranker)
 
     ev = sub.add_parser("evaluate", help="offline metrics of every method on deterministic splits")
     data_flags(ev)

@@ -116,6 +116,16 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class RerankConfig:
+    path: str = ""
+    """A trained re-ranker folder (`bertrec train-reranker`); "" = rank by retrieval score."""
+    collaborative_candidates: int = 100
+    """Candidates added from the collaborative model besides the text neighbours."""
+    refit_interval_s: float = 600.0
+    """How often the collaborative signals are refitted from the store's interactions."""
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -123,6 +133,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -216,3 +227,5 @@ def validate_config(config: Config) -> None:
         raise ValueError("index: shards >= 1, cpus_per_shard >= 0")
     if bool(config.auth.tls_cert) != bool(config.auth.tls_key):
         raise ValueError("auth.tls_cert and auth.tls_key go together")
+    if config.rerank.collaborative_candidates < 0 or config.rerank.refit_interval_s <= 0:
+        raise ValueError("rerank: collaborative_candidates >= 0, refit_interval_s > 0")

@@ -57,6 +57,7 @@ def recommend_query_from_pb(msg: pb.RecommendRequest) -> t.RecommendQuery:
         chunk_size=msg.chunk_size,
         exclude_item_ids=tuple(msg.exclude_item_ids),
         request_id=msg.request_id,
+        retrieval_first=msg.retrieval_first,
     )
 
 
@@ -72,6 +73,7 @@ def recommend_query_to_pb(q: t.RecommendQuery) -> pb.RecommendRequest:
         include_items=q.include_items,
         chunk_size=q.chunk_size,
         exclude_item_ids=list(q.exclude_item_ids),
+        retrieval_first=q.retrieval_first,
     )
 
 
@@ -172,6 +174,8 @@ def info_to_pb(info: t.ServiceInfo) -> pb.InfoResponse:
         interaction_count=info.interaction_count,
         store_version=info.store_version,
         user_cache_hit_rate=info.user_cache_hit_rate,
+        reranker=info.reranker,
+        reranker_ready=info.reranker_ready,
     )
 
 
@@ -192,4 +196,6 @@ def info_from_pb(msg: pb.InfoResponse) -> t.ServiceInfo:
         interaction_count=msg.interaction_count,
         store_version=msg.store_version,
         user_cache_hit_rate=msg.user_cache_hit_rate,
+        reranker=msg.reranker,
+        reranker_ready=msg.reranker_ready,
     )

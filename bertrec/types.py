@@ -53,6 +53,7 @@ class RecommendQuery:
     chunk_size: int = 0
     exclude_item_ids: tuple[int, ...] = ()
     request_id: str = ""
+    retrieval_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,5 @@ class ServiceInfo:
     interaction_count: int
     store_version: int
     user_cache_hit_rate: float
+    reranker: str = ""
+    reranker_ready: bool = False

@@ -136,6 +136,7 @@ class AsyncClient:
         include_items: bool = False,
         chunk_size: int = 0,
         exclude_item_ids: Sequence[int] = (),
+        retrieval_first: bool = False,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> AsyncIterator[ScoredItem]:
@@ -151,6 +152,7 @@ class AsyncClient:
             include_items=include_items,
             chunk_size=chunk_size,
             exclude_item_ids=exclude_item_ids,
+            retrieval_first=retrieval_first,
         )
         async for response in self._server_stream(self._recommender.Recommend, request, timeout_s, request_id):
             for scored in response.items:

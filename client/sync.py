@@ -145,10 +145,13 @@ class Client:
         include_items: bool = False,
         chunk_size: int = 0,
         exclude_item_ids: Sequence[int] = (),
+        retrieval_first: bool = False,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> Iterator[ScoredItem]:
-        """Top-k items in rank order, yielded as the chunks arrive."""
+        """Top-k items in rank order, yielded as the chunks arrive. With `retrieval_first` and a
+        trained re-ranker on the server, the retrieval-stage top-k arrives first
+        (`stage == Stage.RETRIEVAL`), then the re-ranked top-k (`Stage.RERANKED`)."""
         request = b.recommend_request(
             user_id=user_id,
             history=history,
@@ -161,6 +164,7 @@ class Client:
             include_items=include_items,
             chunk_size=chunk_size,
             exclude_item_ids=exclude_item_ids,
+            retrieval_first=retrieval_first,
         )
         for response in self._server_stream(self._recommender.Recommend, request, timeout_s, request_id):
             for scored in response.items:

@@ -12,13 +12,24 @@ import numpy as np
 
 from bertrec.evaluation import methods as m
 from bertrec.evaluation.data import Dataset
+from bertrec.evaluation.pipeline import PIPELINE, RerankPipeline
 from bertrec.evaluation.report import summarise, write
 from bertrec.evaluation.runner import run_method, tune
 from bertrec.evaluation.splits import SPLITS
 
 logger = logging.getLogger(__name__)
 
-ALL_METHODS = ("random", "popularity", "itemknn", "ease", "als", "genre-profile", "zero-shot", "zero-shot + popularity")
+ALL_METHODS = (
+    "random",
+    "popularity",
+    "itemknn",
+    "ease",
+    "als",
+    "genre-profile",
+    "zero-shot",
+    "zero-shot + popularity",
+    PIPELINE,
+)
 # Methods that use no interaction signal for the items they rank: the cold split's text baselines.
 REFERENCE = "zero-shot"
 
@@ -55,7 +66,7 @@ def checkpoint_split(model_path: str) -> tuple[str, int] | None:
     return config["split"], config["split_seed"]
 
 
-TEXT_METHODS = ("zero-shot", "zero-shot + popularity")
+TEXT_METHODS = ("zero-shot", "zero-shot + popularity", PIPELINE)
 
 
 def _renamed(factory, label: str):
@@ -86,6 +97,8 @@ def make_factory(name: str, vectors: np.ndarray | None, seed: int):
         return lambda **p: m.ZeroShot(vectors)
     if name == "zero-shot + popularity":
         return lambda **p: m.TextPlusPopularity(vectors, **p)
+    if name == PIPELINE:
+        return lambda **p: RerankPipeline(vectors, seed=seed)
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
 
 
@@ -126,7 +139,8 @@ def run_evaluation(
             for name in method_names:
                 factory = make_factory(name, vectors, seed)
                 if model_path and name in TEXT_METHODS:
-                    factory = _renamed(factory, name.replace("zero-shot", "fine-tuned"))
+                    label = f"{PIPELINE} (fine-tuned encoder)" if name == PIPELINE else name
+                    factory = _renamed(factory, label.replace("zero-shot", "fine-tuned"))
                 if name not in tuned:  # tuned once per split kind, on the first seed's validation data
                     tuned[name] = tune(factory, GRIDS.get(name, [{}]), split)
                 began = time.perf_counter()

@@ -39,10 +39,12 @@ class MethodResult:
 def run_method(method: Method, split: Split, data: TrainData | None = None) -> MethodResult:
     data = data or TrainData.build(split.train)
     began = time.perf_counter()
+    candidate_cols = np.array([data.column[int(i)] for i in split.candidate_ids], dtype=np.int64)
+    if hasattr(method, "restrict"):  # two-stage methods retrieve among the split's candidates only
+        method.restrict(candidate_cols)
     method.fit(data)
     fit_s = time.perf_counter() - began
     users = sorted(u for u in split.test if u in data.row)
-    candidate_cols = np.array([data.column[int(i)] for i in split.candidate_ids], dtype=np.int64)
     keys = tie_keys(len(candidate_cols))
     tops = []
     for start in range(0, len(users), USER_BATCH):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,9 @@ from bertrec.config import ServerConfig
 from bertrec.errors import DeadlineExceeded, InvalidRequest, NotFound
 from bertrec.server.catalog import Catalog, TextEncoder
 from bertrec.server.ranking import closest_history, mmr, order_by_score
+from bertrec.server.reranking import ServingReranker
 from bertrec.server.users import UserProfile, UserProfiles
+from bertrec.store import HistoryEntry
 from bertrec.types import Item, MetadataFilter, RecommendQuery, RerankQuery, ScoredItem, Stage, UserQuery
 
 logger = logging.getLogger(__name__)
@@ -46,11 +49,35 @@ def _render(value: Any) -> str:
 
 
 class Recommender:
-    def __init__(self, catalog: Catalog, encoder: TextEncoder, profiles: UserProfiles, config: ServerConfig):
+    def __init__(
+        self,
+        catalog: Catalog,
+        encoder: TextEncoder,
+        profiles: UserProfiles,
+        config: ServerConfig,
+        reranker: ServingReranker | None = None,
+    ):
         self.catalog = catalog
         self.encoder = encoder
         self.profiles = profiles
         self.config = config
+        self.reranker = reranker
+
+    def _active_reranker(self) -> ServingReranker | None:
+        """The trained re-ranker once its signals match the serving encoder; else None."""
+        if self.reranker is not None and self.reranker.ready_for(self.catalog.model):
+            return self.reranker
+        return None
+
+    async def _liked_history(self, user: UserQuery) -> list[HistoryEntry]:
+        """Liked history, oldest first: the store's, then the explicit ids (as if just liked)."""
+        history: list[HistoryEntry] = []
+        if user.user_id:
+            history, _ = await asyncio.to_thread(
+                self.catalog.store.history, user.user_id, self.config.max_history, True
+            )
+        now = max([time.time(), *(e.timestamp for e in history)])
+        return history + [HistoryEntry(int(i), now, 1.0) for i in user.history_item_ids]
 
     async def _query_profile(self, user: UserQuery, deadline: float | None) -> tuple[np.ndarray, UserProfile]:
         """The query vector and the liked history behind it."""
@@ -72,6 +99,16 @@ class Recommender:
         return vector.astype(np.float32), profile
 
     async def recommend(self, q: RecommendQuery, deadline: float | None) -> list[ScoredItem]:
+        final: list[ScoredItem] = []
+        async for results, _ in self.recommend_stages(q, deadline):
+            final = results
+        return final
+
+    async def recommend_stages(
+        self, q: RecommendQuery, deadline: float | None
+    ) -> AsyncIterator[tuple[list[ScoredItem], bool]]:
+        """(top-k, is_final): with a trained re-ranker and `retrieval_first`, the retrieval-stage
+        top-k comes first, ready to send before the re-ranker runs."""
         check_deadline(deadline)
         vector, profile = await self._query_profile(q.user, deadline)
         store = self.catalog.store
@@ -83,7 +120,23 @@ class Recommender:
         pool_size = max(q.candidate_pool_size or self.config.default_candidate_pool_size, q.k)
         candidates, items = await self._candidates(vector, pool_size, exclude, q.filters, deadline)
         check_deadline(deadline)
-        return await self._score(vector, profile, candidates, items, q.k, q.diversity, q.include_items)
+        reranker = self._active_reranker()
+        if reranker is None:
+            yield await self._score(vector, profile, candidates, items, q.k, q.diversity, q.include_items), True
+            return
+        if q.retrieval_first:
+            yield await self._score(vector, profile, candidates, items, q.k, 0.0, q.include_items), False
+        history = await self._liked_history(q.user)
+        extra = reranker.collaborative_candidates(history, exclude | set(candidates))
+        if extra and q.filters:
+            found = await asyncio.to_thread(self.catalog.store.get_items, extra)
+            items = {**items, **found}
+            extra = [i for i in extra if i in found and _metadata_matches(found[i].metadata, q.filters)]
+        check_deadline(deadline)
+        reranked = await self._score(
+            vector, profile, candidates + extra, items, q.k, q.diversity, q.include_items, history=history
+        )
+        yield reranked, True
 
     async def _candidates(
         self,
@@ -120,7 +173,9 @@ class Recommender:
         diversity: float,
         include_items: bool,
         texts_vectors: np.ndarray | None = None,
+        history: list[HistoryEntry] | None = None,
     ) -> list[ScoredItem]:
+        """Exact cosine order, or the trained re-ranker's when `history` is given; then MMR."""
         if not ids:
             return []
         if texts_vectors is None:
@@ -131,11 +186,15 @@ class Recommender:
             matrix = texts_vectors
         id_array = np.asarray(ids, dtype=np.int64)
         scores = matrix @ vector  # exact re-scoring, whatever approximation the index made
+        stage = Stage.RETRIEVAL
+        reranked = history is not None and self.reranker is not None
+        if reranked:
+            scores = await asyncio.to_thread(self.reranker.score, history, vector, id_array, matrix)
+            stage = Stage.RERANKED
         order = order_by_score(scores, id_array)
         id_array, scores, matrix = id_array[order], scores[order], matrix[order]
-        stage = Stage.RETRIEVAL
         if diversity > 0:
-            picks = mmr(scores, matrix, k, diversity)
+            picks = mmr(_unit_range(scores) if reranked else scores, matrix, k, diversity)
             stage = Stage.RERANKED
         else:
             picks = np.arange(min(k, len(id_array)))
@@ -161,11 +220,14 @@ class Recommender:
     async def rerank(self, q: RerankQuery, deadline: float | None) -> list[ScoredItem]:
         check_deadline(deadline)
         vector, profile = await self._query_profile(q.user, deadline)
+        history = await self._liked_history(q.user) if self._active_reranker() else None
         if q.candidate_texts:
             matrix = await self.encoder.encode(list(q.candidate_texts), deadline)
             ids = [-(i + 1) for i in range(len(q.candidate_texts))]
             items = {-(i + 1): Item(-(i + 1), text) for i, text in enumerate(q.candidate_texts)}
-            return await self._score(vector, profile, ids, items, len(ids), q.diversity, q.include_items, matrix)
+            return await self._score(
+                vector, profile, ids, items, len(ids), q.diversity, q.include_items, matrix, history
+            )
         unique = list(dict.fromkeys(q.candidate_item_ids))
         if len(unique) != len(q.candidate_item_ids):
             raise InvalidRequest("candidate_item_ids contains duplicates")
@@ -173,7 +235,15 @@ class Recommender:
         missing = [i for i in unique if i not in stored]
         if missing:
             raise NotFound(f"unknown candidate item ids: {missing[:10]}")
-        return await self._score(vector, profile, unique, {}, len(unique), q.diversity, q.include_items)
+        return await self._score(
+            vector, profile, unique, {}, len(unique), q.diversity, q.include_items, history=history
+        )
+
+
+def _unit_range(scores: np.ndarray) -> np.ndarray:
+    """Re-ranker scores are logits; MMR's trade-off wants relevance on a similarity-like scale."""
+    span = float(scores.max() - scores.min()) if len(scores) else 0.0
+    return (scores - scores.min()) / span if span > 0 else np.zeros_like(scores)
 
 
 def _merge(a: UserProfile, b: UserProfile) -> UserProfile:

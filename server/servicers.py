@@ -45,17 +45,28 @@ class RecommenderServicer(_Base):
         state = self.ready()
         # "rank" is what the engine does besides its own stages (user vector, encode): FAISS
         # search, filters, exact re-scoring, MMR, explanations.
-        with stages.stage("rank"):
-            results = await state.recommender.recommend(query, deadline_of(context))
+        # With retrieval_first the engine yields two lists; each is streamed as soon as it exists.
+        lists = state.recommender.recommend_stages(query, deadline_of(context))
+        while True:
+            with stages.stage("rank"):
+                step = await anext(lists, None)
+            if step is None:
+                break
+            results, final = step
+            with stages.stage("stream"):
+                for response in self._recommend_chunks(query, results, final):
+                    yield response
+
+    def _recommend_chunks(self, query, results: list, final: bool):
         chunks = _chunks(results, query.chunk_size or self.config.chunk_size)
-        with stages.stage("stream"):
-            for n, chunk in enumerate(chunks):
-                yield pb.RecommendResponse(
-                    request_id=query.request_id,
-                    items=[convert.scored_to_pb(s) for s in chunk],
-                    last=n == len(chunks) - 1,
-                    stage=int(chunk[0].stage) if chunk else pb.STAGE_RETRIEVAL,
-                )
+        stage = int(results[0].stage) if results else pb.STAGE_RETRIEVAL
+        for n, chunk in enumerate(chunks):
+            yield pb.RecommendResponse(
+                request_id=query.request_id,
+                items=[convert.scored_to_pb(s) for s in chunk],
+                last=final and n == len(chunks) - 1,
+                stage=stage,
+            )
 
     @grpc_errors
     async def Recommend(self, request, context):

@@ -66,6 +66,7 @@ class ServiceState:
         self.catalog = None
         self.recommender = None
         self.profiles = None
+        self.reranker = None
         self._snapshot_task: asyncio.Task | None = None
         self._swap_lock = asyncio.Lock()
         self.model_path = ""
@@ -101,9 +102,23 @@ class ServiceState:
             cfg.server.history_half_life,
             cfg.server.user_cache_size,
         )
-        self.recommender = Recommender(self.catalog, self.pool, self.profiles, cfg.server)
+        self.reranker = self._load_reranker(fingerprint)
+        self.recommender = Recommender(self.catalog, self.pool, self.profiles, cfg.server, self.reranker)
         self._snapshot_task = asyncio.ensure_future(self._snapshot_loop())
         self.ready = True
+
+    def _load_reranker(self, fingerprint: str):
+        if not self.config.rerank.path:
+            return None
+        from bertrec.server.reranking import ServingReranker
+
+        reranker = ServingReranker(
+            self.config.rerank.path, self.store, self.config.rerank, self.config.server.history_half_life
+        )
+        reranker.check_encoder(self.pool.dim, fingerprint)
+        reranker.start(lambda: self.catalog.model)
+        logger.info("trained re-ranker %s: fitting its collaborative signals in the background", reranker.name)
+        return reranker
 
     async def _load_demo(self) -> None:
         from bertrec.movielens import bundled_path, read_movies, read_ratings
@@ -214,12 +229,16 @@ class ServiceState:
             interaction_count=counts["interactions"],
             store_version=version,
             user_cache_hit_rate=self.profiles.hit_rate,
+            reranker=self.reranker.name if self.reranker else "",
+            reranker_ready=bool(self.reranker and self.reranker.ready_for(self.catalog.model)),
         )
 
     async def close(self) -> None:
         self.ready = False
         if self._snapshot_task:
             self._snapshot_task.cancel()
+        if self.reranker:
+            self.reranker.stop()
         if self.catalog and self.catalog.index is not None:
             await self.catalog.snapshot_if_changed()
         if self.pool:

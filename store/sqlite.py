@@ -236,6 +236,15 @@ class SQLiteStore:
         key = self._read("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = ?", (user_id,))[0][0]
         return [HistoryEntry(i, ts, w) for i, ts, w, _ in reversed(rows)], key
 
+    def liked_interactions(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Every like (weight > 0) as parallel (user ids, item ids, timestamps), oldest first:
+        what the re-ranker's collaborative signals are fitted on."""
+        rows = self._read("SELECT user_id, item_id, ts FROM interactions WHERE weight > 0 ORDER BY ts, seq")
+        users = [r[0] for r in rows]
+        items = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+        times = np.fromiter((r[2] for r in rows), np.float64, len(rows))
+        return users, items, times
+
     def seen_items(self, user_id: str) -> set[int]:
         return {r[0] for r in self._read("SELECT DISTINCT item_id FROM interactions WHERE user_id = ?", (user_id,))}
 

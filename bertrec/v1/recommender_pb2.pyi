@@ -63,7 +63,7 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[int] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., because_item_id: _Optional[int] = ..., because_similarity: _Optional[float] = ..., item: _Optional[_Union[Item, _Mapping]] = ..., stage: _Optional[_Union[Stage, str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("request_id", "user", "k", "candidate_pool_size", "exclude_seen", "filters", "diversity", "include_items", "chunk_size", "exclude_item_ids")
+    __slots__ = ("request_id", "user", "k", "candidate_pool_size", "exclude_seen", "filters", "diversity", "include_items", "chunk_size", "exclude_item_ids", "retrieval_first")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class RecommendRequest(_message.Message):
     INCLUDE_ITEMS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIRST_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user: UserQuery
     k: int
@@ -84,7 +85,8 @@ class RecommendRequest(_message.Message):
     include_items: bool
     chunk_size: int
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., user: _Optional[_Union[UserQuery, _Mapping]] = ..., k: _Optional[int] = ..., candidate_pool_size: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., diversity: _Optional[float] = ..., include_items: _Optional[bool] = ..., chunk_size: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    retrieval_first: bool
+    def __init__(self, request_id: _Optional[str] = ..., user: _Optional[_Union[UserQuery, _Mapping]] = ..., k: _Optional[int] = ..., candidate_pool_size: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., diversity: _Optional[float] = ..., include_items: _Optional[bool] = ..., chunk_size: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[int]] = ..., retrieval_first: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("request_id", "items", "last", "stage")
@@ -249,7 +251,7 @@ class ReplicaInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., node_id: _Optional[str] = ..., healthy: _Optional[bool] = ..., encoded_texts: _Optional[int] = ..., mean_batch_size: _Optional[float] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("version", "model", "dim", "replicas", "index_type", "index_device", "index_size", "item_count", "user_count", "interaction_count", "store_version", "user_cache_hit_rate")
+    __slots__ = ("version", "model", "dim", "replicas", "index_type", "index_device", "index_size", "item_count", "user_count", "interaction_count", "store_version", "user_cache_hit_rate", "reranker", "reranker_ready")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +264,8 @@ class InfoResponse(_message.Message):
     INTERACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
     STORE_VERSION_FIELD_NUMBER: _ClassVar[int]
     USER_CACHE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    RERANKER_FIELD_NUMBER: _ClassVar[int]
+    RERANKER_READY_FIELD_NUMBER: _ClassVar[int]
     version: str
     model: str
     dim: int
@@ -274,7 +278,9 @@ class InfoResponse(_message.Message):
     interaction_count: int
     store_version: int
     user_cache_hit_rate: float
-    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., index_size: _Optional[int] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., interaction_count: _Optional[int] = ..., store_version: _Optional[int] = ..., user_cache_hit_rate: _Optional[float] = ...) -> None: ...
+    reranker: str
+    reranker_ready: bool
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., index_type: _Optional[str] = ..., index_device: _Optional[str] = ..., index_size: _Optional[int] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., interaction_count: _Optional[int] = ..., store_version: _Optional[int] = ..., user_cache_hit_rate: _Optional[float] = ..., reranker: _Optional[str] = ..., reranker_ready: _Optional[bool] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model_path", "force")

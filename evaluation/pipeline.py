@@ -1,0 +1,135 @@
+"""bertrec's full pipeline as an offline method: text + collaborative retrieval, then the fusion
+re-ranker, trained on validation cuts of the same training data the baselines see."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from bertrec.evaluation.methods import TrainData
+from bertrec.evaluation.splits import cold_item_split, warm_split
+from bertrec.rerank.features import pair_features
+from bertrec.rerank.signals import Interactions, ItemSignals
+from bertrec.rerank.training import CandidateLists, RerankTraining, build_lists, retrieve, train_reranker, user_contexts
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_SEED_OFFSET = 1000  # the cold validation cuts must not reuse the test draw
+COLD_CUTS = 2
+
+
+def interactions_of(data: TrainData) -> Interactions:
+    users, cols, times = [], [], []
+    for user, entries in data.histories.items():
+        for e in entries:
+            users.append(data.row[user])
+            cols.append(data.column[e.item_id])
+            times.append(e.timestamp)
+    return Interactions(
+        np.array(users, np.int64), np.array(cols, np.int64), np.array(times), len(data.users), len(data.item_ids)
+    )
+
+
+def _held_out(data: TrainData, test: dict[str, set[int]]) -> dict[int, set[int]]:
+    return {data.row[u]: {data.column[i] for i in items} for u, items in test.items() if u in data.row}
+
+
+def _seen(data: TrainData) -> dict[int, set[int]]:
+    return {r: set(data.seen[r].indices.tolist()) for r in range(len(data.users))}
+
+
+def validation_lists(data: TrainData, vectors: np.ndarray, config: RerankTraining, seed: int) -> CandidateLists:
+    """Warm-cut and cold-cut candidate lists from `data`'s training interactions."""
+    parts = []
+    everything = np.arange(len(data.item_ids))
+    warm = warm_split(data.dataset)
+    earlier = warm_split(warm.train)  # a second, earlier time slice: more lists to learn from
+    cuts = [("warm", warm, everything), ("warm", earlier, everything)]
+    for n in range(COLD_CUTS):
+        cold = cold_item_split(data.dataset, seed=seed + VALIDATION_SEED_OFFSET + n)
+        cuts.append(("cold", cold, np.array([data.column[int(i)] for i in cold.candidate_ids], np.int64)))
+    for kind, cut, allowed in cuts:
+        cut_data = TrainData.build(cut.train)
+        parts.append(
+            build_lists(
+                interactions_of(cut_data),
+                _held_out(cut_data, cut.test),
+                _seen(cut_data),
+                allowed,
+                vectors,
+                config,
+                kind,
+            )
+        )
+    return CandidateLists.concat(parts)
+
+
+PIPELINE = "bertrec: retrieval + re-ranker"
+
+
+class RerankPipeline:
+    name = PIPELINE
+    grid: list[dict] = [{}]
+
+    def __init__(self, item_vectors: np.ndarray, config: RerankTraining | None = None, seed: int = 0):
+        self.vectors = item_vectors
+        self.config = config or RerankTraining()
+        self.seed = seed
+        self.allowed: np.ndarray | None = None
+
+    def restrict(self, candidate_cols: np.ndarray) -> None:
+        """Rank only among these columns (the cold split ranks cold items among themselves)."""
+        self.allowed = candidate_cols
+
+    def fit(self, data: TrainData) -> None:
+        lists = validation_lists(data, self.vectors, self.config, self.seed)
+        self.model, self.summary = train_reranker(lists, self.vectors, self.config)
+        logger.info(
+            "re-ranker: %d lists %s, hold-out NDCG@10 %.4f after %d epochs",
+            self.summary["lists"],
+            self.summary["kinds"],
+            self.summary["holdout_ndcg@10"],
+            self.summary["epochs"],
+        )
+        interactions = interactions_of(data)
+        self.signals = ItemSignals.fit(interactions, self.vectors, self.config.ease_l2, self.config.ease_keep)
+        self.contexts = user_contexts(interactions, self.vectors, self.config.half_life)
+        self.data = data
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        allowed_all = self.allowed if self.allowed is not None else np.arange(len(self.vectors))
+        out = np.full((len(rows), len(self.vectors)), -1e6, np.float32)
+        for n, row in enumerate(rows):
+            context = self.contexts.get(int(row))
+            if context is None:
+                continue
+            out[n] += self.vectors @ context.vector  # beyond the candidates: text order
+            seen = self.data.seen[row].indices
+            allowed = allowed_all[~np.isin(allowed_all, seen)]
+            cols = retrieve(context, self.signals, self.vectors, allowed, self.config)
+            scalars = pair_features(context, cols, self.vectors[cols], self.signals)
+            out[n, cols] = self.model.score(scalars, context.vector, self.vectors[cols])
+        return out
+
+
+def train_for_serving(
+    dataset, vectors: np.ndarray, out: str, encoder: str, config: RerankTraining | None = None, seed: int = 0
+) -> dict:
+    """The deployable re-ranker: the same recipe as the offline pipeline, on every interaction."""
+    import dataclasses
+
+    config = config or RerankTraining(seed=seed)
+    data = TrainData.build(dataset)
+    lists = validation_lists(data, vectors, config, seed)
+    model, summary = train_reranker(lists, vectors, config)
+    card = {
+        "encoder": encoder,
+        "ease_l2": config.ease_l2,
+        "ease_keep": config.ease_keep,
+        "training": dataclasses.asdict(config),
+        "data": {"items": len(dataset.items), "interactions": len(dataset.users)},
+        "summary": summary,
+    }
+    model.save(out, card)
+    return card
