@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides={
             "server": {"host": args.host, "port": args.port, "metrics_port": args.metrics_port},
             "store": {"data_dir": args.data_dir, "load_demo": False if args.no_demo else None},
-            "model": {"path": args.model, "device": args.device},
+            "model": {"path": args.model, "device": args.device, "quantize": args.quantize},
             "workers": {"replicas": args.replicas, "ray_address": args.ray_address},
             "index": {"factory": args.index},
             "auth": {"token": args.token},
@@ -290,6 +290,8 @@ def _train_reranker(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bertrec.config import QUANTIZE_MODES
+
     parser = argparse.ArgumentParser(prog="bertrec", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -302,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir")
     serve.add_argument("--model", help="local Hugging Face checkpoint folder (default: packaged MiniLM)")
     serve.add_argument("--device", help="auto, cpu, cuda")
+    serve.add_argument(
+        "--quantize", choices=QUANTIZE_MODES, help="int8: dynamic int8 weights on CPU replicas (GPU keeps fp16)"
+    )
     serve.add_argument("--replicas", type=int, help="encoder replicas (default: one per GPU, else per core)")
     serve.add_argument("--ray-address", help="join an existing Ray cluster (auto or host:port)")
     serve.add_argument("--index", help="FAISS factory string (Flat, HNSW32, IVF1024,Flat ...)")

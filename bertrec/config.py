@@ -12,6 +12,7 @@ from typing import Any
 import tomllib
 
 ENV_PREFIX = "BERTREC_"
+QUANTIZE_MODES = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class ModelConfig:
     """auto = cuda when visible, else cpu. Resolved inside each replica."""
     checkpoints_dir: str = ""
     """The only folder LoadModel may load checkpoints from; empty = <data_dir>/checkpoints."""
+    quantize: str = "none"
+    """CPU replicas only: "int8" = dynamic int8 quantization of the linear layers (faster, vectors
+    slightly different; stored vectors are kept apart from fp32 ones). GPU replicas keep fp16."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,8 @@ def validate_config(config: Config) -> None:
         raise ValueError("server.max_k and server.default_candidate_pool_size must be positive")
     if s.max_candidate_pool_size < s.default_candidate_pool_size:
         raise ValueError("server.max_candidate_pool_size is below the default pool size")
+    if config.model.quantize not in QUANTIZE_MODES:
+        raise ValueError(f"model.quantize must be one of {', '.join(QUANTIZE_MODES)}, got {config.model.quantize!r}")
     w = config.workers
     if w.replicas < 0 or w.max_batch_size < 1 or w.max_queue < 1 or w.max_wait_s < 0:
         raise ValueError("workers: replicas >= 0, max_batch_size >= 1, max_queue >= 1, max_wait_s >= 0")

@@ -89,7 +89,7 @@ class ServiceState:
         self.store = SQLiteStore(cfg.store.data_dir)
         self.pool = RayEncoderPool(dataclasses.replace(cfg.model, path=model_path), cfg.workers, pointer)
         await self.pool.start()
-        fingerprint = model_fingerprint(model_path)
+        fingerprint = model_fingerprint(model_path) + self.pool.fingerprint_suffix
         self.catalog = Catalog(self.store, self.pool, fingerprint, cfg.index, cfg.store.data_dir)
         if cfg.store.load_demo and await asyncio.to_thread(lambda: self.store.counts()["items"]) == 0:
             await self._load_demo()
@@ -168,7 +168,7 @@ class ServiceState:
             async def promote() -> None:
                 await self.pool.promote_staging(str(path))
 
-            new_model = model_fingerprint(str(path))
+            new_model = model_fingerprint(str(path)) + self.pool.fingerprint_suffix
             swap = asyncio.ensure_future(
                 self.catalog.swap_model(
                     lambda texts: self.pool.encode(texts, staging=True), new_model, promote, progress

@@ -50,6 +50,7 @@ class RayEncoderPool:
         self._in_flight: list[int] = []
         self.dim = 0
         self.model_name = ""
+        self.quantize = "none"  # what the replicas' weights are after start(): "int8" only on CPU
         merged = min(workers.max_batch_size, workers.max_queue)
         self._coalescers = {
             staging: Coalescer(lambda texts, deadline, s=staging: self._encode_chunk(texts, deadline, s), merged)
@@ -94,7 +95,14 @@ class RayEncoderPool:
         infos = await asyncio.gather(*(r.info.remote() for r in self.replicas))
         self.dim = infos[0]["dim"]
         self.model_name = infos[0]["model"]
+        self.quantize = infos[0].get("quantize", "none")
         logger.info("encoder pool ready: %d replicas on %s", count, [i["device"] for i in infos])
+
+    @property
+    def fingerprint_suffix(self) -> str:
+        """Appended to the model fingerprint of stored vectors: int8 vectors differ slightly from
+        fp32 ones, so a restart with another setting encodes afresh instead of mixing the two."""
+        return f"-{self.quantize}" if self.quantize != "none" else ""
 
     def _pick(self) -> int:
         return min(range(len(self.replicas)), key=self._in_flight.__getitem__)

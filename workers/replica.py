@@ -52,13 +52,14 @@ class EncoderReplica:
         path = read_model_pointer(model_pointer) or model.path
         self.encoder, self.batcher = self._load(path)
         self.staging: tuple | None = None
-        logger.info("replica %s ready on %s (pid %d)", name, self.device, os.getpid())
+        logger.info("replica %s ready on %s (pid %d)", name, self.encoder.device_label, os.getpid())
 
     def _load(self, path: str):
         from bertrec.workers.batching import Batcher
         from bertrec.workers.encoder import BertEncoder
 
-        encoder = BertEncoder(path, device=self.device, max_length=self.model_config.max_length)
+        m = self.model_config
+        encoder = BertEncoder(path, device=self.device, max_length=m.max_length, quantize=m.quantize)
         w = self.workers_config
         return encoder, Batcher(encoder.encode_items, w.max_batch_size, w.max_wait_s, w.max_queue)
 
@@ -93,7 +94,8 @@ class EncoderReplica:
         stats = self.batcher.stats
         return {
             "name": self.name,
-            "device": self.device,
+            "device": self.encoder.device_label,  # e.g. "cpu-int8"
+            "quantize": self.encoder.quantize,
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "model": self.encoder.model_name,

@@ -29,6 +29,14 @@ def test_fp16_cuda_encoder_agrees_with_cpu():
     assert cosine.min() > 0.995
 
 
+def test_int8_is_ignored_on_cuda():
+    from bertrec.workers.encoder import BertEncoder
+
+    encoder = BertEncoder("", "cuda", quantize="int8")
+    assert encoder.quantize == "none" and encoder.device_label == "cuda"
+    assert next(encoder.model.parameters()).dtype == torch.float16
+
+
 def test_faiss_gpu_index_matches_cpu():
     from bertrec.workers.device import faiss_gpu_count
     from bertrec.workers.index import FaissIndex
