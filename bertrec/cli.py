@@ -26,8 +26,8 @@ def _serve(args: argparse.Namespace) -> int:
             "server": {"host": args.host, "port": args.port, "metrics_port": args.metrics_port},
             "store": {"data_dir": args.data_dir, "load_demo": False if args.no_demo else None},
             "model": {"path": args.model, "device": args.device, "quantize": args.quantize},
-            "workers": {"replicas": args.replicas, "ray_address": args.ray_address},
-            "index": {"factory": args.index},
+            "workers": {"replicas": args.replicas, "ray_address": args.ray_address, "pool_name": args.pool_name},
+            "index": {"factory": args.index, "shards": args.index_shards},
             "auth": {"token": args.token},
             "rerank": {"path": args.reranker},
         },
@@ -309,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--replicas", type=int, help="encoder replicas (default: one per GPU, else per core)")
     serve.add_argument("--ray-address", help="join an existing Ray cluster (auto or host:port)")
+    serve.add_argument(
+        "--pool-name", help="share detached encoder replicas <name>-<i> with other front ends of this name"
+    )
     serve.add_argument("--index", help="FAISS factory string (Flat, HNSW32, IVF1024,Flat ...)")
+    serve.add_argument("--index-shards", type=int, help="split the index over N IndexShard actors (default 1)")
     serve.add_argument("--token", help="require this bearer token")
     serve.add_argument("--reranker", help="trained re-ranker folder (bertrec train-reranker)")
     serve.add_argument("--no-demo", action="store_true", help="do not load the demo catalogue into an empty store")

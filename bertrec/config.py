@@ -72,6 +72,11 @@ class WorkersConfig:
     ray_num_cpus: int = 0
     """CPUs a local Ray may use; 0 = all."""
     namespace: str = "bertrec"
+    """Ray namespace of the named actors (shared encoder replicas, index shards)."""
+    pool_name: str = ""
+    """Empty = private encoder replicas (random names, killed when this front end stops). A name =
+    shared replicas <pool_name>-<i>: detached, spread over the cluster's nodes, and attached to by
+    every front end started with the same name (and the same model settings); none kills them."""
     max_batch_size: int = 64
     max_wait_s: float = 0.005
     """How long a non-empty batch waits for company; a lone request on an idle replica never waits."""

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from bertrec.config import ModelConfig, WorkersConfig
-from bertrec.errors import DeadlineExceeded, WorkerLost
+from bertrec.errors import DeadlineExceeded, FailedPrecondition, WorkerLost
 from bertrec.stages import stage
 from bertrec.workers.coalescing import Coalescer
 
@@ -38,13 +38,21 @@ def ensure_ray(workers: WorkersConfig) -> None:
 
 
 class RayEncoderPool:
-    """N replicas: one per GPU (num_gpus=1, fp16) or CPU replicas with `cpus_per_replica` each."""
+    """N replicas: one per GPU (num_gpus=1, fp16) or CPU replicas with `cpus_per_replica` each.
+
+    Private by default: replicas named with a random prefix, killed by `shutdown()`. With
+    `workers.pool_name` the pool is shared: replicas are named `<pool_name>-<i>` in
+    `workers.namespace`, detached and spread over the cluster's nodes, so front ends with the same
+    name attach to the same replicas (after checking they were built with the same settings),
+    and none of them kills the replicas when it stops.
+    """
 
     def __init__(self, model: ModelConfig, workers: WorkersConfig, model_pointer: str = ""):
         self.model_pointer = model_pointer  # file naming the served checkpoint; see EncoderReplica
         self.model_config = model
         self.workers_config = workers
-        self.prefix = f"bertrec-encoder-{uuid.uuid4().hex[:8]}"
+        self.shared = bool(workers.pool_name)
+        self.prefix = workers.pool_name or f"bertrec-encoder-{uuid.uuid4().hex[:8]}"
         self.replicas: list[Any] = []
         self.names: list[str] = []
         self._in_flight: list[int] = []
@@ -72,14 +80,28 @@ class RayEncoderPool:
 
         from bertrec.workers.replica import EncoderReplica, write_model_pointer
 
-        if self.model_pointer:
-            write_model_pointer(self.model_pointer, self.model_config.path)
         ensure_ray(self.workers_config)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = self._replica_count(gpus)
+        if self.shared:
+            # Before the pointer is written: a refused front end must not change what the
+            # shared replicas reload when Ray restarts one.
+            await self._check_shared([h for h in map(self._existing, range(count)) if h is not None])
+            if self._existing(count) is not None:
+                logger.warning("shared pool %s has replicas beyond the %d this front end uses", self.prefix, count)
+        if self.model_pointer:
+            write_model_pointer(self.model_pointer, self.model_config.path)
         self.gpus_per_replica = 1 if gpus else 0
         cpus = 0.0 if gpus else self.workers_config.cpus_per_replica
         actor_cls = ray.remote(EncoderReplica)
+        shared_options: dict[str, Any] = {}
+        if self.shared:
+            shared_options = {
+                "namespace": self.workers_config.namespace,
+                "lifetime": "detached",  # outlives this front end: others use it too
+                "get_if_exists": True,  # a second front end attaches instead of creating
+                "scheduling_strategy": "SPREAD",  # one replica per node where the cluster allows
+            }
         for i in range(count):
             name = f"{self.prefix}-{i}"
             handle = actor_cls.options(
@@ -88,15 +110,43 @@ class RayEncoderPool:
                 num_cpus=cpus,
                 max_restarts=-1,  # Ray restarts a dead replica; the pool retries what it held
                 max_concurrency=1000,
+                **shared_options,
             ).remote(name, self.model_config, self.workers_config, max(1, int(cpus or 1)), self.model_pointer)
             self.replicas.append(handle)
             self.names.append(name)
             self._in_flight.append(0)
+        if self.shared:
+            await self._check_shared(self.replicas)  # another front end may have made some meanwhile
         infos = await asyncio.gather(*(r.info.remote() for r in self.replicas))
         self.dim = infos[0]["dim"]
         self.model_name = infos[0]["model"]
         self.quantize = infos[0].get("quantize", "none")
         logger.info("encoder pool ready: %d replicas on %s", count, [i["device"] for i in infos])
+
+    def _existing(self, i: int) -> Any:
+        """The handle of shared replica `i` when it exists already, else None."""
+        import ray
+
+        try:
+            return ray.get_actor(f"{self.prefix}-{i}", namespace=self.workers_config.namespace)
+        except ValueError:
+            return None
+
+    async def _check_shared(self, handles: list[Any]) -> None:
+        """Refuse replicas of a shared pool that were built for another model or other settings:
+        their vectors would not match this front end's index and stored vectors."""
+        from bertrec.workers.replica import replica_settings
+
+        want = replica_settings(self.model_config, self.workers_config, self.model_config.path)
+        for got in await asyncio.gather(*(h.settings.remote() for h in handles)):
+            name = got.pop("name")
+            differ = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+            if differ:
+                detail = ", ".join(f"{k}: pool has {got.get(k)!r}, this front end {want.get(k)!r}" for k in differ)
+                raise FailedPrecondition(
+                    f"shared encoder pool {self.prefix!r} (replica {name}) was built with other settings "
+                    f"({detail}); start this front end with the same settings or another pool name"
+                )
 
     @property
     def fingerprint_suffix(self) -> str:
@@ -149,6 +199,13 @@ class RayEncoderPool:
 
     async def load_staging(self, path: str) -> dict:
         """Load a candidate model into every replica beside the serving one."""
+        if self.shared:
+            # The other front ends on these replicas would encode with a model their index was
+            # not built with; restart every front end with the new --model instead.
+            raise FailedPrecondition(
+                f"encoder pool {self.prefix!r} is shared with other front ends: a hot swap is not supported; "
+                "restart them all with the new model"
+            )
         infos = await asyncio.gather(*(r.load_staging.remote(path) for r in self.replicas))
         return infos[0]
 
@@ -184,8 +241,13 @@ class RayEncoderPool:
         await asyncio.gather(*(r.configure_batching.remote(max_batch_size, max_wait_s) for r in self.replicas))
 
     def shutdown(self) -> None:
+        """Kill a private pool's replicas; a shared pool's stay for the other front ends."""
         import ray
 
+        if self.shared:
+            logger.info("leaving shared encoder pool %s running (%d replicas)", self.prefix, len(self.replicas))
+            self.replicas.clear()
+            return
         for handle in self.replicas:
             try:
                 ray.kill(handle, no_restart=True)

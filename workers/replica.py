@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,15 @@ def read_model_pointer(path: str) -> str:
         return ""
     with open(path, encoding="utf-8") as fh:
         return json.load(fh).get("model_path", "")
+
+
+def replica_settings(model: ModelConfig, workers: WorkersConfig, model_path: str) -> dict[str, Any]:
+    """What a replica is built with and serves: a front end attaching to a shared replica must
+    want the same (every model setting but the checkpoint folders, and the batching and CPU
+    settings), or its vectors and queueing would differ from what it expects."""
+    settings = {k: v for k, v in dataclasses.asdict(model).items() if k not in ("path", "checkpoints_dir")}
+    settings |= {k: getattr(workers, k) for k in ("cpus_per_replica", "max_batch_size", "max_wait_s", "max_queue")}
+    return {"model_path": model_path, **settings}
 
 
 def write_model_pointer(path: str, model_path: str) -> None:
@@ -51,7 +62,9 @@ class EncoderReplica:
         # restarts comes back with the model the service is serving, not the one it started with.
         path = read_model_pointer(model_pointer) or model.path
         self.encoder, self.batcher = self._load(path)
+        self.model_path = path
         self.staging: tuple | None = None
+        self.staging_path = ""
         logger.info("replica %s ready on %s (pid %d)", name, self.encoder.device_label, os.getpid())
 
     def _load(self, path: str):
@@ -73,12 +86,14 @@ class EncoderReplica:
     def load_staging(self, path: str) -> dict:
         """Load a second model beside the serving one (a swap encodes the catalogue with it)."""
         self.staging = self._load(path)
+        self.staging_path = path
         return {"model": self.staging[0].model_name, "dim": self.staging[0].dim}
 
     def promote_staging(self) -> str:
         if self.staging is None:
             raise RuntimeError("no staging model loaded")
         self.encoder, self.batcher = self.staging
+        self.model_path = self.staging_path
         self.staging = None
         return self.encoder.model_name
 
@@ -87,6 +102,10 @@ class EncoderReplica:
 
     def configure_batching(self, max_batch_size: int | None = None, max_wait_s: float | None = None) -> None:
         self.batcher.configure(max_batch_size, max_wait_s)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this replica was built with and the checkpoint it serves (see replica_settings)."""
+        return {"name": self.name, **replica_settings(self.model_config, self.workers_config, self.model_path)}
 
     def info(self) -> dict:
         import ray
