@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BERTREC := $(VENV)/bin/bertrec
 
-.PHONY: setup demo test lint protos protos-check bench
+.PHONY: setup demo test lint protos protos-check bench bench-index
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -31,3 +31,7 @@ protos-check:
 
 bench:
 	$(PYTHON) bench/service.py
+
+# Exact vs IVF vs HNSW vs IVF-PQ at 100k and 1M items (long: HNSW at 1M builds for many minutes).
+bench-index:
+	$(PYTHON) bench/index.py
