@@ -240,6 +240,9 @@ def _train(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         max_steps=args.max_steps,
         logq_correction=not args.no_logq,
+        hard_negatives=args.hard_negatives,
+        hard_negative_pool=args.hard_negative_pool,
+        hard_negative_refresh=args.hard_negative_refresh,
         seed=args.seed,
         split=args.split,
         split_seed=args.split_seed,
@@ -286,6 +289,21 @@ def _train_reranker(args: argparse.Namespace) -> int:
     summary = {k: v for k, v in card["summary"].items() if k != "members"}
     print(json.dumps(summary, indent=2))
     print(f"re-ranker: {args.out}  (serve it with: bertrec serve --reranker {args.out})")
+    return 0
+
+
+def _cross_domain(args: argparse.Namespace) -> int:
+    from bertrec.evaluation.cross_domain import CrossDomainConfig, run_cross_domain
+
+    config = CrossDomainConfig(
+        target_genres=tuple(args.target_genres.split(",")),
+        fractions=tuple(float(f) for f in args.fractions.split(",")),
+        source_steps=args.source_steps,
+        target_steps=args.target_steps,
+        seed=args.seed,
+    )
+    run_cross_domain(_load_dataset(args), Path(args.out), config)
+    print((Path(args.out) / "cross_domain.md").read_text())
     return 0
 
 
@@ -365,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-length", type=int, default=32)
     tr.add_argument("--max-steps", type=int, default=0)
     tr.add_argument("--no-logq", action="store_true", help="disable the popularity (logQ) correction")
+    tr.add_argument("--hard-negatives", type=int, default=0, help="mined negatives per anchor (0 = in-batch only)")
+    tr.add_argument("--hard-negative-pool", type=int, default=50, help="mine among this many nearest items")
+    tr.add_argument("--hard-negative-refresh", type=int, default=0, help="re-mine every N steps (0 = once)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto")
     tr.add_argument("--validate-every", type=int, default=0, help="steps between validations (0 = at the end)")
@@ -391,6 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="encoder checkpoint for the text methods (default: packaged MiniLM)")
     ev.add_argument("--out", default="evaluation-results")
     ev.set_defaults(func=_evaluate)
+
+    cd = sub.add_parser("cross-domain", help="source-domain fine-tuning vs pretrained on a genre-split target")
+    data_flags(cd)
+    cd.add_argument("--out", default="evaluation-results/cross-domain")
+    cd.add_argument("--target-genres", default="Animation,Children,Fantasy")
+    cd.add_argument("--fractions", default="0.05,0.2,1.0", help="shares of the target training data")
+    cd.add_argument("--source-steps", type=int, default=300)
+    cd.add_argument("--target-steps", type=int, default=100)
+    cd.add_argument("--seed", type=int, default=0)
+    cd.set_defaults(func=_cross_domain)
 
     swap = sub.add_parser("load-model", help="hot-swap the served encoder for a checkpoint")
     client_flags(swap)

@@ -35,6 +35,9 @@ class TrainConfig:
     window: int = 5
     logq_correction: bool = True
     max_steps: int = 0  # 0 = as many as the epochs give
+    hard_negatives: int = 0  # extra negatives per anchor, mined from the anchor's nearest items
+    hard_negative_pool: int = 50  # ... drawn from this many nearest neighbours
+    hard_negative_refresh: int = 0  # re-mine every this many steps (0 = once, at the start)
     seed: int = 0
     split: str = "warm"
     split_seed: int = 0
@@ -70,6 +73,10 @@ class ContrastiveTrainer:
         self.texts = {i.id: i.text for i in dataset.items}
         self.pairs = co_liked_pairs(train, window=config.window, seed=config.seed)
         self.log_q = log_q(self.pairs)
+        self.neighbours: dict[int, np.ndarray] = {}
+        self.co_liked: dict[int, set[int]] = {}
+        for a, b in self.pairs.tolist():
+            self.co_liked.setdefault(a, set()).add(b)
         steps_per_epoch = max(1, len(self.pairs) // config.batch_size)
         total = int(math.ceil(config.epochs * steps_per_epoch))
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
@@ -118,20 +125,56 @@ class ContrastiveTrainer:
             hidden = self.model(**batch).last_hidden_state
         return self.torch.nn.functional.normalize(_mean_pool(hidden, batch["attention_mask"]).float(), dim=-1)
 
+    def mine_hard_negatives(self) -> None:
+        """Each anchor's nearest items under the current model (brute force over the catalogue
+        texts): candidates for negatives that in-batch sampling rarely shows."""
+        torch = self.torch
+        ids = np.array(sorted(self.texts), dtype=np.int64)
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            vectors = torch.cat([self._encode(ids[i : i + 256]) for i in range(0, len(ids), 256)]).cpu().numpy()
+        self.model.train(was_training)
+        row = {int(i): n for n, i in enumerate(ids)}
+        anchors = np.unique(self.pairs[:, 0])
+        sims = vectors[[row[int(a)] for a in anchors]] @ vectors.T
+        pool = min(self.config.hard_negative_pool + 1, len(ids) - 1)
+        top = np.argpartition(-sims, pool, axis=1)[:, :pool]
+        self.neighbours = {int(a): ids[t] for a, t in zip(anchors, top)}
+
+    def _hard_negatives(self, batch_pairs: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(self.config.seed + self.step)
+        out = []
+        for a, b in batch_pairs.tolist():
+            taken = self.co_liked.get(a, set()) | {a, b}
+            pool = [i for i in self.neighbours.get(a, ()) if int(i) not in taken]
+            if pool:
+                out.extend(rng.choice(pool, size=min(self.config.hard_negatives, len(pool)), replace=False))
+        return np.array(out, dtype=np.int64)
+
     def loss(self, batch_pairs: np.ndarray):
         torch = self.torch
-        # One forward pass for both sides: DDP synchronises one backward per forward.
-        both = self._encode(np.concatenate([batch_pairs[:, 0], batch_pairs[:, 1]]))
-        anchors, positives = both[: len(batch_pairs)], both[len(batch_pairs) :]
-        logits = anchors @ positives.T / self.config.temperature
+        negatives = np.zeros(0, np.int64)
+        if self.config.hard_negatives:
+            refresh = self.config.hard_negative_refresh
+            if not self.neighbours or (refresh and self.step and self.step % refresh == 0):
+                self.mine_hard_negatives()
+            negatives = self._hard_negatives(batch_pairs)
+        # One forward pass for all sides: DDP synchronises one backward per forward.
+        n = len(batch_pairs)
+        encoded = self._encode(np.concatenate([batch_pairs[:, 0], batch_pairs[:, 1], negatives]))
+        anchors, candidates = encoded[:n], encoded[n:]
+        columns = np.concatenate([batch_pairs[:, 1], negatives])
+        logits = anchors @ candidates.T / self.config.temperature
         if self.config.logq_correction:
-            correction = torch.tensor([self.log_q[int(i)] for i in batch_pairs[:, 1]], device=logits.device)
+            floor = min(self.log_q.values())  # mined items that are never positives: the rarest share
+            correction = torch.tensor([self.log_q.get(int(i), floor) for i in columns], device=logits.device)
             logits = logits - correction[None, :]
-        # The same item twice in a batch is not a negative for itself.
-        same = torch.tensor(batch_pairs[:, 1][:, None] == batch_pairs[:, 1][None, :], device=logits.device)
-        same.fill_diagonal_(False)
+        # The same item twice among the columns is not a negative for itself.
+        same = torch.tensor(batch_pairs[:, 1][:, None] == columns[None, :], device=logits.device)
+        same[torch.arange(n), torch.arange(n)] = False
         logits = logits.masked_fill(same, float("-inf"))
-        target = torch.arange(len(batch_pairs), device=logits.device)
+        target = torch.arange(n, device=logits.device)
         return torch.nn.functional.cross_entropy(logits, target)
 
     def batches(self):
@@ -225,7 +268,12 @@ def model_card(record: dict) -> str:
         "",
         f"Started from `{c['init_from'] or 'all-MiniLM-L6-v2 (packaged)'}`; contrastive item-item training on items",
         f"liked by the same user within {c['window']} interactions, in-batch negatives"
-        + (" with logQ popularity correction." if c["logq_correction"] else "."),
+        + (" with logQ popularity correction" if c["logq_correction"] else "")
+        + (
+            f", plus {c['hard_negatives']} hard negatives per anchor from its {c['hard_negative_pool']} nearest items."
+            if c.get("hard_negatives")
+            else "."
+        ),
         "",
         f"- data: the `{c['split']}` split's training interactions (split seed {c['split_seed']})",
         f"- parameters: epochs {c['epochs']}, batch {c['batch_size']}, lr {c['lr']}, temperature {c['temperature']},"

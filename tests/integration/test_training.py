@@ -93,6 +93,22 @@ def test_loss_falls_and_resume_continues(tmp_path):
     assert resumed.train()["steps"] == 20
 
 
+def test_hard_negatives_are_near_but_never_co_liked(tmp_path):
+    ds = _planted()
+    config = TrainConfig(batch_size=8, max_steps=3, max_length=16, hard_negatives=2, hard_negative_pool=10)
+    trainer = ContrastiveTrainer(config, ds, ds, tmp_path / "hn")
+    summary = trainer.train()
+    assert summary["steps"] == 3 and np.isfinite(summary["last_loss"])
+    assert trainer.neighbours and all(len(v) == 11 for v in trainer.neighbours.values())
+    batch = trainer.pairs[:8]
+    negatives = trainer._hard_negatives(batch)
+    assert len(negatives) == 16
+    for (anchor, positive), pair_negatives in zip(batch.tolist(), negatives.reshape(8, 2).tolist()):
+        assert not set(pair_negatives) & (trainer.co_liked[anchor] | {anchor, positive})
+        assert set(pair_negatives) <= set(trainer.neighbours[anchor].tolist())
+    assert "hard negatives" in (tmp_path / "hn" / "README.md").read_text()
+
+
 def test_frozen_layers_do_not_move(tmp_path):
     ds = _planted()
     trainer = ContrastiveTrainer(
