@@ -130,6 +130,8 @@ class RerankConfig:
     """A trained re-ranker folder (`bertrec train-reranker`); "" = rank by retrieval score."""
     collaborative_candidates: int = 100
     """Candidates added from the collaborative model besides the text neighbours."""
+    popular_candidates: int = 50
+    """Candidates added by prior: observed popularity, or popularity predicted from text for cold items."""
     refit_interval_s: float = 600.0
     """How often the collaborative signals are refitted from the store's interactions."""
 
@@ -238,5 +240,6 @@ def validate_config(config: Config) -> None:
         raise ValueError("index: shards >= 1, cpus_per_shard >= 0")
     if bool(config.auth.tls_cert) != bool(config.auth.tls_key):
         raise ValueError("auth.tls_cert and auth.tls_key go together")
-    if config.rerank.collaborative_candidates < 0 or config.rerank.refit_interval_s <= 0:
-        raise ValueError("rerank: collaborative_candidates >= 0, refit_interval_s > 0")
+    r = config.rerank
+    if r.collaborative_candidates < 0 or r.popular_candidates < 0 or r.refit_interval_s <= 0:
+        raise ValueError("rerank: collaborative_candidates >= 0, popular_candidates >= 0, refit_interval_s > 0")

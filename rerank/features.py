@@ -20,6 +20,8 @@ SCALAR_FEATURES = (
     "ease",
     "ease_z",
     "ease_recent",
+    "ease_log_rank",
+    "text_log_rank",
     "item_knn",
     "prior",
     "known",
@@ -48,6 +50,14 @@ def _z(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-6)
 
 
+def _log_rank(x: np.ndarray) -> np.ndarray:
+    """log(1 + position) of each candidate in the list ordered by `x`: a scale-free view of a score
+    whose range shifts with the amount of data the signals were fitted on."""
+    ranks = np.empty(len(x), np.float32)
+    ranks[np.argsort(-x, kind="stable")] = np.arange(len(x))
+    return np.log1p(ranks)
+
+
 def pair_features(user: UserContext, cols: np.ndarray, cand: np.ndarray, signals: ItemSignals) -> np.ndarray:
     """(len(cols), len(SCALAR_FEATURES)) float32 for one user's candidates. `cols` are the
     candidates' signal columns (-1 for items the signals have not seen), `cand` their vectors."""
@@ -72,6 +82,8 @@ def pair_features(user: UserContext, cols: np.ndarray, cand: np.ndarray, signals
         ease,
         _z(ease),
         ease_recent,
+        _log_rank(ease),
+        _log_rank(text),
         knn,
         signals.prior(cols, cand) / signals.pop_scale,
         known,

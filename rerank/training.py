@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 class RerankTraining:
     text_candidates: int = 100  # nearest items by text
     collaborative_candidates: int = 100  # best EASE scores among items with likes
+    popular_candidates: int = 50  # highest prior: observed popularity, or predicted from text for cold items
     ease_l2: float = 100.0
     ease_keep: int = 256
     half_life: float = 20.0
@@ -64,6 +65,11 @@ def retrieve(
     known = allowed[signals.counts_of(allowed) > 0]
     if len(known) and len(user.history_cols):
         picks.append(known[_top(collaborative[known], config.collaborative_candidates)])
+    if config.popular_candidates:
+        # Items text similarity alone would miss: what everyone likes, and cold items whose text
+        # predicts they will be liked.
+        prior = signals.prior(allowed, vectors[allowed])
+        picks.append(allowed[_top(prior, config.popular_candidates)])
     return np.unique(np.concatenate(picks))
 
 

@@ -127,7 +127,7 @@ class Recommender:
         if q.retrieval_first:
             yield await self._score(vector, profile, candidates, items, q.k, 0.0, q.include_items), False
         history = await self._liked_history(q.user)
-        extra = reranker.collaborative_candidates(history, exclude | set(candidates))
+        extra = reranker.extra_candidates(history, exclude | set(candidates))
         if extra and q.filters:
             found = await asyncio.to_thread(self.catalog.store.get_items, extra)
             items = {**items, **found}

@@ -30,6 +30,7 @@ class FittedSignals:
     column: dict[int, int]  # item id -> signal column
     ids: np.ndarray  # signal column -> item id
     vectors: np.ndarray  # signal column -> item vector
+    by_prior: np.ndarray  # signal columns, highest prior (observed or text-predicted popularity) first
     fitted_at: float
 
 
@@ -70,7 +71,8 @@ class ServingReranker:
         signals = ItemSignals.fit(interactions, vectors, self.card["ease_l2"], self.card["ease_keep"])
         took = time.perf_counter() - began
         logger.info("re-ranker signals fitted: %d items, %d likes, %.1fs", len(ids), int(keep.sum()), took)
-        return FittedSignals(encoder, version, signals, column, ids, vectors, time.time())
+        by_prior = np.argsort(-signals.prior(np.arange(len(ids)), vectors), kind="stable")
+        return FittedSignals(encoder, version, signals, column, ids, vectors, by_prior, time.time())
 
     async def run(self, current_encoder) -> None:
         """Refit when the encoder changes, or when the store changed and the interval has passed."""
@@ -100,20 +102,24 @@ class ServingReranker:
         now = history[-1].timestamp if history else time.time()
         return UserContext(cols, fitted.vectors[cols[-RECENT_HISTORY:]], user_vector, now)
 
-    def collaborative_candidates(self, history: list[HistoryEntry], exclude: set[int]) -> list[int]:
-        """The items the collaborative model scores highest for this history, best first."""
+    def extra_candidates(self, history: list[HistoryEntry], exclude: set[int]) -> list[int]:
+        """Candidates text retrieval would miss: the collaborative model's best items for this
+        history, then the highest-prior items (popular, or cold with text that predicts likes)."""
         fitted = self.fitted
-        if fitted is None or not history or self.config.collaborative_candidates == 0:
+        if fitted is None:
             return []
+        out: list[int] = []
         context = self._context(fitted, history, np.zeros(fitted.vectors.shape[1], np.float32))
-        if len(context.history_cols) == 0:
-            return []
-        scores = fitted.signals.collaborative_scores(context.history_cols)
-        scores[fitted.signals.counts == 0] = -np.inf
-        wanted = self.config.collaborative_candidates + len(exclude)
-        top = np.argsort(-scores)[:wanted]
-        ids = [int(fitted.ids[c]) for c in top if np.isfinite(scores[c])]
-        return [i for i in ids if i not in exclude][: self.config.collaborative_candidates]
+        if len(context.history_cols) and self.config.collaborative_candidates:
+            scores = fitted.signals.collaborative_scores(context.history_cols)
+            scores[fitted.signals.counts == 0] = -np.inf
+            top = np.argsort(-scores)[: self.config.collaborative_candidates + len(exclude)]
+            ids = [int(fitted.ids[c]) for c in top if np.isfinite(scores[c])]
+            out = [i for i in ids if i not in exclude][: self.config.collaborative_candidates]
+        taken = exclude | set(out)
+        popular = (int(fitted.ids[c]) for c in fitted.by_prior[: self.config.popular_candidates + len(taken)])
+        out += [i for i in popular if i not in taken][: self.config.popular_candidates]
+        return out
 
     def score(
         self, history: list[HistoryEntry], user_vector: np.ndarray, ids: np.ndarray, vectors: np.ndarray

@@ -11,6 +11,8 @@ from bertrec.errors import WorkerLost
 from bertrec.workers.index import FaissIndex
 from bertrec.workers.shards import ShardedIndex, load_index, make_index, shard_of, snapshot_meta
 
+pytestmark = pytest.mark.integration
+
 DIM = 32
 SHARDS = 3
 
