@@ -13,6 +13,15 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
+def checked_batch(ids, vectors, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids and contiguous float32 vectors of `dim`, one per id, or a ValueError."""
+    ids = np.asarray(ids, dtype=np.int64)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(ids) != len(vectors) or (len(ids) and vectors.shape[1] != dim):
+        raise ValueError(f"expected {len(ids)} vectors of dim {dim}, got {vectors.shape}")
+    return ids, vectors
+
+
 class VectorIndex(Protocol):
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
 
@@ -91,10 +100,7 @@ class FaissIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace the vectors of `ids` (an id present twice keeps its last vector)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if len(ids) != len(vectors) or (len(ids) and vectors.shape[1] != self.dim):
-            raise ValueError(f"expected {len(ids)} vectors of dim {self.dim}, got {vectors.shape}")
+        ids, vectors = checked_batch(ids, vectors, self.dim)
         if not len(ids):
             return
         # Keep only the last occurrence of a repeated id.

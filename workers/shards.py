@@ -13,7 +13,7 @@ import numpy as np
 
 from bertrec.config import IndexConfig
 from bertrec.errors import WorkerLost
-from bertrec.workers.index import FaissIndex
+from bertrec.workers.index import FaissIndex, checked_batch
 
 logger = logging.getLogger(__name__)
 
@@ -272,10 +272,7 @@ class ShardedIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace the vectors of `ids` (an id present twice keeps its last vector)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if len(ids) != len(vectors) or (len(ids) and vectors.shape[1] != self.dim):
-            raise ValueError(f"expected {len(ids)} vectors of dim {self.dim}, got {vectors.shape}")
+        ids, vectors = checked_batch(ids, vectors, self.dim)
         if not len(ids):
             return
         route = shard_of(ids, len(self.shards))
