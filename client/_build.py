@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -131,3 +132,37 @@ def channel_credentials(
     root_certificates: bytes | None, client_cert: bytes | None, client_key: bytes | None
 ) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
+
+
+def channel_target(target: str | Sequence[str]) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target string and channel options for one address or several front ends.
+
+    Several "ip:port" addresses become one channel that balances calls round robin over them
+    (gRPC's own client-side balancing): a front end that dies drops out of the rotation, and
+    the calls it held fail UNAVAILABLE, which the SDK retries on the others. A "dns:///name:port"
+    target balances over every address the name resolves to.
+    """
+    if isinstance(target, str):
+        options = [("grpc.lb_policy_name", "round_robin")] if target.startswith("dns:") else []
+        return target, options
+    addresses = list(target)
+    if not addresses:
+        raise ValueError("no server address given")
+    if len(addresses) == 1:
+        return addresses[0], []
+    families = set()
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{address!r} has no port")
+        try:
+            families.add(ipaddress.ip_address(host.strip("[]")).version)
+        except ValueError:
+            raise ValueError(
+                f"{address!r}: several targets must be ip:port addresses; "
+                "for a host name use one 'dns:///name:port' target"
+            ) from None
+    if len(families) > 1:
+        raise ValueError("several targets must all be IPv4 or all IPv6")
+    scheme = "ipv4" if families == {4} else "ipv6"
+    return f"{scheme}:{','.join(addresses)}", [("grpc.lb_policy_name", "round_robin")]

@@ -15,6 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from bertrec.config import Config
+from bertrec.server.admission import AdmissionInterceptor
 from bertrec.server.auth import TokenAuthInterceptor
 from bertrec.server.metrics import ServerMetrics
 from bertrec.server.observability import ObservabilityInterceptor
@@ -53,8 +54,9 @@ class BertrecServer:
         self.state = ServiceState(config)
         self.health = health_aio.HealthServicer()
         self.metrics = ServerMetrics()
-        # Observability first, so it also sees (counts, logs) the calls the token check refuses.
-        interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(self.metrics)]
+        # Observability first, so it also sees (counts, logs) the calls admission or the token check refuse.
+        self.admission = AdmissionInterceptor(config.server.max_concurrent_rpcs)
+        interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(self.metrics), self.admission]
         if config.auth.token:
             interceptors.append(TokenAuthInterceptor(config.auth.token))
         limit = config.server.max_message_bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -11,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from bertrec.config import IndexConfig
+from bertrec.errors import WorkerLost
 from bertrec.store import Store
 from bertrec.store.sqlite import text_hash
 from bertrec.types import DeleteSummary, Item, UpsertSummary
@@ -50,6 +52,8 @@ class Catalog:
         self.index: FaissIndex | None = None
         self._write_lock = asyncio.Lock()
         self._snapshot_version = -1
+        self._repair: asyncio.Task | None = None
+        self.repairs = 0  # completed index rebuilds after a lost shard
 
     def _new_index(self, model: str) -> FaissIndex:
         return make_index(self.encoder.dim, self.index_config, table=model)  # type: ignore[return-value]
@@ -113,6 +117,52 @@ class Catalog:
             await self._save_locked(version)
             return True
 
+    async def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of the serving index, off the event loop."""
+        assert self.index is not None
+        return await self._index_call(self.index.search, queries, k)
+
+    async def _index_call(self, fn, *args):
+        # The store already holds every write, so a lost index shard costs a rebuild, not data:
+        # the caller gets UNAVAILABLE (the SDK retries) while the index is refilled.
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except WorkerLost:
+            self.schedule_repair("an index call failed")
+            raise
+
+    def schedule_repair(self, why: str) -> asyncio.Task:
+        """Rebuild the index from the store in the background; one rebuild at a time."""
+        if self._repair is None or self._repair.done():
+            logger.warning("index lost (%s): rebuilding it from the store", why)
+            self._repair = asyncio.ensure_future(self._rebuild_after_loss())
+        return self._repair
+
+    @property
+    def repairing(self) -> bool:
+        return self._repair is not None and not self._repair.done()
+
+    async def _rebuild_after_loss(self) -> None:
+        began = time.monotonic()
+        while True:
+            try:
+                await self.rebuild()
+                break
+            except WorkerLost as exc:  # a shard still restarting: try again shortly
+                logger.warning("index rebuild failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+        self.repairs += 1
+        logger.warning("index rebuilt from the store in %.2fs: %d items", time.monotonic() - began, len(self.index))
+
+    async def check_index(self) -> None:
+        """Rebuild when a shard of the index restarted or vanished (no-op for an in-process index)."""
+        check = getattr(self.index, "check", None)
+        if check is None or self.repairing:
+            return
+        problem = await asyncio.to_thread(check)
+        if problem:
+            await self.schedule_repair(problem)
+
     async def upsert(self, items: Sequence[Item], deadline: float | None = None) -> UpsertSummary:
         # A repeated id in one batch: the last occurrence wins, as in the index.
         latest = {item.id: item for item in items}
@@ -138,7 +188,7 @@ class Catalog:
                 await asyncio.to_thread(self.store.upsert_items, writes, by_id, self.model)
             if to_encode:
                 assert self.index is not None
-                await asyncio.to_thread(self.index.add, np.array([i.id for i in to_encode], dtype=np.int64), vectors)
+                await self._index_call(self.index.add, np.array([i.id for i in to_encode], dtype=np.int64), vectors)
         inserted = sum(1 for i in latest if i not in records)
         return UpsertSummary(
             received=len(items),
@@ -198,6 +248,6 @@ class Catalog:
         async with self._write_lock:
             deleted, _ = await asyncio.to_thread(self.store.delete_items, list(ids))
             assert self.index is not None
-            await asyncio.to_thread(self.index.remove, np.array(deleted, dtype=np.int64))
+            await self._index_call(self.index.remove, np.array(deleted, dtype=np.int64))
         gone = set(deleted)
         return DeleteSummary(deleted=len(deleted), missing_item_ids=tuple(i for i in ids if i not in gone))

@@ -153,7 +153,7 @@ class Recommender:
         for _ in range(MAX_SEARCH_ROUNDS):
             check_deadline(deadline)
             fetch = min(fetch, len(index))
-            _, found = await asyncio.to_thread(index.search, vector[None, :], fetch)
+            _, found = await self.catalog.search(vector[None, :], fetch)
             ids = [int(i) for i in found[0] if i >= 0 and int(i) not in exclude]
             if filters:
                 items = await asyncio.to_thread(self.catalog.store.get_items, ids)

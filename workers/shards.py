@@ -88,7 +88,9 @@ class IndexShard:
                 return self.builds[table][1]
             index = self.tables.get(self.aliases.get(table, table))
         if index is None:
-            raise KeyError(f"shard {self.name} has no table {table!r} (dropped after newer ones were published)")
+            # Restarted by Ray (it comes back empty), or the table was dropped after newer ones
+            # were published: either way the caller's index is incomplete and must be rebuilt.
+            raise WorkerLost(f"index shard {self.name} has no table {table!r}: it restarted or the table was replaced")
         return index
 
     def _publish(self, table: str, index: FaissIndex, serial: int) -> None:
@@ -165,7 +167,7 @@ class IndexShard:
 
         try:
             index: FaissIndex | None = self._get(table)
-        except KeyError:
+        except WorkerLost:
             index = None
         return {
             "name": self.name,
@@ -215,7 +217,9 @@ class ShardedIndex:
                 lifetime="detached" if config.detached_shards else None,
                 num_cpus=config.cpus_per_shard,
                 scheduling_strategy="SPREAD",  # one shard per node where the cluster allows
-                max_restarts=0,  # a restarted shard would come back empty: fail loudly instead
+                # Ray restarts a dead shard, empty: calls then raise WorkerLost and the catalog
+                # refills the index from the store (Catalog.repair).
+                max_restarts=-1,
                 max_concurrency=SHARD_CONCURRENCY,
             ).remote(name, dim, config)
             for name in self.names
@@ -245,7 +249,7 @@ class ShardedIndex:
         try:
             return ray.get(refs)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-            raise WorkerLost(f"an index shard is lost ({exc}); restart the front end to rebuild it") from None
+            raise WorkerLost(f"an index shard is lost ({exc}); the index is being rebuilt") from None
         except ray.exceptions.RayTaskError as exc:
             # The shard's own error (a bad shape, an IVF short of training vectors) unwrapped.
             raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
@@ -269,6 +273,19 @@ class ShardedIndex:
 
     def info(self) -> list[dict]:
         return self._call([s.info.remote(self.table) for s in self.shards])
+
+    def check(self, timeout_s: float = 10.0) -> str:
+        """ "" when every shard answers and holds this index's table, else why not."""
+        import ray
+
+        try:
+            infos = ray.get([s.info.remote(self.table) for s in self.shards], timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            return f"an index shard did not answer within {timeout_s:.0f}s"
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            return f"an index shard is lost ({exc})"
+        missing = [i["name"] for i in infos if self.table not in i["tables"] and self.table not in i["builds"]]
+        return f"index shards {missing} lack table {self.table!r} (restarted)" if missing else ""
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace the vectors of `ids` (an id present twice keeps its last vector)."""

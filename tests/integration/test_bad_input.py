@@ -20,6 +20,7 @@ ITEMS = 60
 def service(ray_cluster, server_thread_factory, tmp_path_factory):
     config = make_config(
         tmp_path_factory.mktemp("data"),
+        server={"max_message_bytes": 256 * 1024},
         workers={"replicas": 1, "max_queue": 64, "max_batch_size": 8},
     )
     server = server_thread_factory(config)
@@ -58,6 +59,8 @@ def test_statuses(service):
         "oversized item text": (lambda: client.upsert_items([Item(5, long_text)]), grpc.StatusCode.INVALID_ARGUMENT),
         "no texts": (lambda: client.encode([]), grpc.StatusCode.INVALID_ARGUMENT),
         "too many texts": (lambda: client.encode(["a"] * 501), grpc.StatusCode.INVALID_ARGUMENT),
+        # 300 texts of 1,900 characters: each allowed, the message (570 kB) over the 256 kB limit.
+        "message over the size limit": (lambda: client.encode(["y" * 1900] * 300), grpc.StatusCode.RESOURCE_EXHAUSTED),
         "too many items in one message": (
             lambda: client.upsert_items([Item(i + 1, "t") for i in range(501)], batch_size=501),
             grpc.StatusCode.INVALID_ARGUMENT,

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.loadgen import LoadGenerator
 from bertrec.client import Client, Item
-from tests.integration.helpers import catalogue, free_port
+from bertrec.store import SQLiteStore
+from tests.integration.helpers import assert_nothing_lost, catalogue, free_port, record_figures
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -257,9 +259,32 @@ def test_two_front_ends_share_replicas_and_outlive_each_other(cluster, tmp_path)
         both = a.recommend(user_id=user, k=10)
         assert b.recommend(user_id=user, k=10) == both
 
-        # A crashes: B keeps serving, on the same replicas, with the same answers.
+        # A crashes under a load balanced over both: B keeps serving, on the same replicas, with
+        # the same answers; the calls A held fail UNAVAILABLE and the SDK retries them on B.
+        users = sorted({r.user_id for r in ratings})[:30]
+        load = LoadGenerator([a.client.target, b.client.target], users, [*ids, new.id], clients=4, seed=5)
+        load.start()
+        time.sleep(3)
+        killed_at = load.now()
         a.stop(signal.SIGKILL)
-        assert b.recommend(user_id=user, k=10) == both
+        time.sleep(5)
+        load.stop()
+        assert not load.wrong
+        assert set(load.statuses()) <= {"OK", "UNAVAILABLE"}, load.statuses()
+        assert load.statuses(since_s=killed_at + 2)["OK"] > 0
+        store = SQLiteStore(data_dir)
+        try:
+            assert_nothing_lost(store, load)
+        finally:
+            store.close()
+        last = load.last_failure_s()
+        record_figures(
+            "front end SIGKILLed, SDK balancing over two",
+            unavailable_window_s=round(last - killed_at, 2) if last and last > killed_at else 0.0,
+            calls_after_kill=dict(load.statuses(since_s=killed_at)),
+            **load.summary(),
+        )
+        assert len(b.recommend(user_id=user, k=10)) == 10  # (the load's new items may now rank in it)
         assert b.recommend(text=new.text, k=1) == [new.id]
         assert all(r.healthy for r in b.client.info().replicas)
 

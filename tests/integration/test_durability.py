@@ -3,60 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from bertrec.client import Client
-from tests.integration.helpers import catalogue, free_port
+from tests.integration.helpers import ServerProcess, catalogue
 
 pytestmark = pytest.mark.integration
-
-
-class ServerProcess:
-    """`bertrec serve` in its own process, joined to the test's Ray cluster."""
-
-    def __init__(self, data_dir: Path, gcs_address: str, log_path: Path):
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "BERTREC_WORKERS_CPUS_PER_REPLICA": "0.5",
-            "BERTREC_SERVER_SNAPSHOT_INTERVAL_S": "3600",
-            "GRPC_VERBOSITY": "ERROR",
-        }
-        self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bertrec.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(data_dir),
-                "--no-demo",
-                "--replicas",
-                "1",
-                "--ray-address",
-                gcs_address,
-            ],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.client = Client(f"127.0.0.1:{self.port}", timeout_s=60)
-        self.client.wait_until_serving(240)
-
-    def kill(self, sig: int) -> None:
-        self.client.close()
-        self.proc.send_signal(sig)
-        self.proc.wait(60)
-        self.log.close()
 
 
 def test_restart_keeps_everything_and_reuses_vectors(ray_cluster, tmp_path):

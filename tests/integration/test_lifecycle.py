@@ -57,6 +57,21 @@ def test_token_is_required_and_health_stays_open(secured):
             list(anonymous.recommend(text="anything"))
     with Client(server.target, token="wrong", max_retries=0) as wrong, pytest.raises(Unauthenticated):
         wrong.encode(["x"])
+    # A write without the token touches nothing.
+    with Client(server.target, token=TOKEN) as good:
+        before = good.info()
+    with Client(server.target, max_retries=0) as anonymous:
+        with pytest.raises(Unauthenticated):
+            anonymous.upsert_items([{"id": 77, "text": "an intruder's item"}])
+        with pytest.raises(Unauthenticated):
+            anonymous.record_interactions([{"user_id": "intruder", "item_id": 77}])
+    with Client(server.target, token=TOKEN) as good:
+        after = good.info()
+    assert (after.item_count, after.interaction_count, after.store_version) == (
+        before.item_count,
+        before.interaction_count,
+        before.store_version,
+    )
     with Client(server.target, token=TOKEN) as good:
         assert len(good.encode(["x"])[0]) == 384
 
@@ -106,7 +121,24 @@ def test_concurrent_streams_during_graceful_stop(ray_cluster, server_thread_fact
     import time
 
     time.sleep(0.3)
+    health: list[tuple[bool, bool]] = []  # (serving, the stream still running) as a probe saw them
+    watching = threading.Event()
+
+    def probe():
+        with Client(server.target, max_retries=0) as prober:
+            while not watching.is_set():
+                health.append((prober.is_serving(timeout_s=1), caller.is_alive()))
+                time.sleep(0.02)
+
+    watcher = threading.Thread(target=probe)
+    watcher.start()
+    time.sleep(0.1)
     server.stop(grace_s=60)
     caller.join(60)
+    watching.set()
+    watcher.join(10)
     client.close()
-    assert len(results) == 1 and len(results[0]) == 200
+    assert len(results) == 1 and len(results[0]) == 200  # the in-flight stream finished
+    assert health[0] == (True, True)
+    # Probes saw NOT_SERVING while the stream was still being served: drained, not cut.
+    assert (False, True) in health

@@ -227,4 +227,25 @@ def test_a_lost_shard_is_reported_not_hidden(ray_cluster, data):
         while time.time() < deadline:  # the kill lands asynchronously; until then all shards answer
             index.search(queries, 5)
             time.sleep(0.05)
+    assert "lost" in index.check()
+    index.shutdown()
+
+
+def test_a_restarted_shard_comes_back_empty_and_says_so(ray_cluster, data):
+    vectors, ids, queries, _ = data
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    config = IndexConfig(use_gpu="no", shards=2, shard_prefix=prefix, cpus_per_shard=0, detached_shards=False)
+    index = ShardedIndex(DIM, config)
+    index.add(ids[:100], vectors[:100])
+    index.publish()
+    assert index.check() == ""
+    ray_cluster.kill(index.shards[0], no_restart=False)  # Ray restarts it without its tables
+    deadline = time.time() + 60
+    with pytest.raises(WorkerLost, match="restarted|lost"):
+        while time.time() < deadline:
+            index.search(queries, 5)
+            time.sleep(0.05)
+    while "restarted" not in index.check() and time.time() < deadline:  # back up, but empty
+        time.sleep(0.2)
+    assert "lack table" in index.check()
     index.shutdown()
