@@ -65,3 +65,22 @@ class ServerThread:
 @pytest.fixture(scope="session")
 def server_thread_factory():
     return ServerThread
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server (the pgserver wheel's binaries) in a temp dir, for the whole run."""
+    pgserver = pytest.importorskip("pgserver")
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the test PostgreSQL server."""
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    postgres_server.psql(f"CREATE DATABASE {name};")
+    return postgres_server.get_uri(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import threading
@@ -334,16 +335,23 @@ class ShardedIndex:
         folder = Path(folder).resolve()  # shard processes need not share our working directory
         self.publish()
         folder.mkdir(parents=True, exist_ok=True)
-        meta_path = folder / "meta.json"
-        meta_path.unlink(missing_ok=True)
-        extra = dict(extra_meta or {})
-        self._call(
-            [s.save.remote(self.table, str(shard_folder(folder, i)), version, extra) for i, s in enumerate(self.shards)]
-        )
-        meta = {**extra, "version": version, "dim": self.dim, "factory": self.factory, "shards": len(self.shards)}
-        tmp = folder / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        tmp.replace(meta_path)
+        # Front ends sharing a data dir (and these shards) may snapshot at the same moment: one at
+        # a time, or one's shard files could sit beside the other's meta.json.
+        with open(folder / ".snapshot.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            meta_path = folder / "meta.json"
+            meta_path.unlink(missing_ok=True)
+            extra = dict(extra_meta or {})
+            self._call(
+                [
+                    s.save.remote(self.table, str(shard_folder(folder, i)), version, extra)
+                    for i, s in enumerate(self.shards)
+                ]
+            )
+            meta = {**extra, "version": version, "dim": self.dim, "factory": self.factory, "shards": len(self.shards)}
+            tmp = folder / "meta.json.tmp"
+            tmp.write_text(json.dumps(meta))
+            tmp.replace(meta_path)
 
     @staticmethod
     def snapshot_meta(folder: Path) -> dict | None:
