@@ -16,6 +16,7 @@ from bertrec.server.catalog import Catalog, TextEncoder
 from bertrec.server.ranking import closest_history, mmr, order_by_score
 from bertrec.server.reranking import ServingReranker
 from bertrec.server.users import UserProfile, UserProfiles
+from bertrec.stages import stage as timed
 from bertrec.store import HistoryEntry
 from bertrec.types import Item, MetadataFilter, RecommendQuery, RerankQuery, ScoredItem, Stage, UserQuery
 
@@ -153,7 +154,8 @@ class Recommender:
         for _ in range(MAX_SEARCH_ROUNDS):
             check_deadline(deadline)
             fetch = min(fetch, len(index))
-            _, found = await self.catalog.search(vector[None, :], fetch)
+            with timed("search"):
+                _, found = await self.catalog.search(vector[None, :], fetch)
             ids = [int(i) for i in found[0] if i >= 0 and int(i) not in exclude]
             if filters:
                 items = await asyncio.to_thread(self.catalog.store.get_items, ids)

@@ -60,7 +60,9 @@ def _chunks(seq: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
 
 
 class SQLiteStore:
-    """One connection behind a lock: callers run it from worker threads, SQLite serialises writes.
+    """Writes go through one connection behind a lock (SQLite has one writer at a time); reads
+    use one connection per calling thread, so concurrent requests read in parallel (WAL readers
+    never wait for each other or for the writer).
 
     WAL with synchronous=FULL makes each commit durable before the call returns, so an
     acknowledged write survives a crash of the process or the machine.
@@ -75,6 +77,19 @@ class SQLiteStore:
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
 
     def _write(self, fn):
         with self._lock:
@@ -88,8 +103,7 @@ class SQLiteStore:
             return result
 
     def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        return self._reader().execute(sql, params).fetchall()
 
     @staticmethod
     def _bump_version(conn: sqlite3.Connection) -> int:
@@ -228,12 +242,19 @@ class SQLiteStore:
         """The user's `limit` most recent interactions (only weight > 0 ones if `liked_only`), oldest
         first, and a key that changes whenever an interaction of the user is added or removed."""
         liked = " AND weight > 0" if liked_only else ""
-        rows = self._read(
-            f"SELECT item_id, ts, weight, seq FROM interactions WHERE user_id = ?{liked} "
-            "ORDER BY ts DESC, seq DESC LIMIT ?",
-            (user_id, limit),
-        )
-        key = self._read("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = ?", (user_id,))[0][0]
+        conn = self._reader()
+        conn.execute("BEGIN")  # one snapshot: the rows and their key must describe the same history
+        try:
+            rows = conn.execute(
+                f"SELECT item_id, ts, weight, seq FROM interactions WHERE user_id = ?{liked} "
+                "ORDER BY ts DESC, seq DESC LIMIT ?",
+                (user_id, limit),
+            ).fetchall()
+            key = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = ?", (user_id,)
+            ).fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
         return [HistoryEntry(i, ts, w) for i, ts, w, _ in reversed(rows)], key
 
     def liked_interactions(self) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -258,4 +279,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
             self._conn.close()
