@@ -13,6 +13,7 @@ import numpy as np
 
 from bertrec.config import IndexConfig
 from bertrec.errors import WorkerLost
+from bertrec.server.search_batching import SearchBatcher
 from bertrec.store import Store
 from bertrec.store.sqlite import text_hash
 from bertrec.types import DeleteSummary, Item, UpsertSummary
@@ -53,6 +54,7 @@ class Catalog:
         self._write_lock = asyncio.Lock()
         self._snapshot_version = -1
         self._repair: asyncio.Task | None = None
+        self._searches = SearchBatcher(self._search_now)
         self.repairs = 0  # completed index rebuilds after a lost shard
 
     def _new_index(self, model: str) -> FaissIndex:
@@ -118,9 +120,16 @@ class Catalog:
             return True
 
     async def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of the serving index, off the event loop."""
+        """Top-k of the serving index, off the event loop; concurrent searches share FAISS calls."""
         assert self.index is not None
-        return await self._index_call(self.index.search, queries, k)
+        try:
+            return await self._searches.search(queries, k)
+        except WorkerLost:
+            self.schedule_repair("a search failed")
+            raise
+
+    def _search_now(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(queries, k)  # the index serving when the batch leaves
 
     async def _index_call(self, fn, *args):
         # The store already holds every write, so a lost index shard costs a rebuild, not data:
