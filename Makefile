@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BERTREC := $(VENV)/bin/bertrec
 
-.PHONY: setup demo test lint protos protos-check bench bench-index bench-recommend
+.PHONY: setup demo test lint protos protos-check bench bench-index bench-recommend bench-encode
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -35,6 +35,11 @@ bench:
 # Exact vs IVF vs HNSW vs IVF-PQ at 100k and 1M items (long: HNSW at 1M builds for many minutes).
 bench-index:
 	$(PYTHON) bench/index.py
+
+# Encode texts/s through the service vs in-process sentence-transformers at 1/8/32 callers, three
+# text lengths; batching vs per-request; replica layout (about 12-15 minutes on a 2-core machine).
+bench-encode:
+	$(PYTHON) bench/encode.py
 
 # Recommend through the service at 10k, 100k and 1M synthetic items, concurrency 1/8/32: latency,
 # stage shares, memory, 1 vs 2 replicas (long: the 1M catalogue is written to SQLite and searched exactly).

@@ -37,14 +37,15 @@ def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
 
 
 class ServedBertrec:
-    """`bertrec serve` in a subprocess; `started_s` is the time from launch to SERVING."""
+    """`bertrec serve` in a subprocess; `started_s` is the time from launch to SERVING. `env` adds
+    environment variables (e.g. BERTREC_* settings that have no flag)."""
 
-    def __init__(self, data_dir: Path, *extra: str, log: Path | None = None):
+    def __init__(self, data_dir: Path, *extra: str, log: Path | None = None, env: dict[str, str] | None = None):
         from bertrec.client import Client
 
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "RAY_AUTH_MODE": "disabled"}
+        env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "RAY_AUTH_MODE": "disabled", **(env or {})}
         self._log = open(log or data_dir.with_suffix(".log"), "ab")
         began = time.perf_counter()
         self.proc = subprocess.Popen(
@@ -71,6 +72,31 @@ class ServedBertrec:
         self.proc.terminate()
         self.proc.wait(120)
         self._log.close()
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process below it (a served bertrec: its local Ray's GCS, raylet and workers),
+    from /proc; just [root] off Linux."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # the command name, in parentheses, may hold spaces: the ppid follows the last ")"
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    tree, frontier = [root], {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier}
+        tree += sorted(frontier)
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time `pid` has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_results(name: str, payload: dict) -> Path:

@@ -1,4 +1,4 @@
-"""The `bertrec` command: serve, ingest, recommend, stats."""
+"""The `bertrec` command: serve, ingest, recommend, stats, and the training, evaluation and admin commands."""
 
 from __future__ import annotations
 
@@ -180,7 +180,27 @@ def _stats(args: argparse.Namespace) -> int:
     for r in info.replicas:
         state = "healthy" if r.healthy else "DOWN"
         print(
-            f"  replica {r.name} on {r.device} ({state}): {r.encoded_texts} texts, mean batch {r.mean_batch_size:.1f}"
+            f"  replica {r.name} on {r.device} ({state}): {r.encoded_texts} texts, mean batch {r.mean_batch_size:.1f}, "
+            f"mean queue {r.mean_queue_s * 1000:.1f} ms; batching: max {r.max_batch_size} texts, "
+            f"wait {r.max_wait_s * 1000:g} ms, {r.max_batch_tokens} tokens per model call"
+        )
+    return 0
+
+
+def _configure_batching(args: argparse.Namespace) -> int:
+    wait_s = None if args.max_wait_ms is None else args.max_wait_ms / 1000.0
+    with _client(args) as client:
+        replicas = client.configure_batching(
+            max_batch_size=args.max_batch_size, max_wait_s=wait_s, max_batch_tokens=args.max_batch_tokens
+        )
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in replicas], indent=2))
+        return 0
+    for r in replicas:
+        state = "" if r.healthy else " (DOWN: takes the settings when it restarts)"
+        print(
+            f"replica {r.name}{state}: max batch {r.max_batch_size} texts, max wait {r.max_wait_s * 1000:g} ms, "
+            f"max {r.max_batch_tokens} padded tokens per model call"
         )
     return 0
 
@@ -428,6 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("path", help="checkpoint folder, relative to the server's checkpoints folder")
     swap.add_argument("--force", action="store_true", help="swap even if its stored evaluation is worse")
     swap.set_defaults(func=_load_model)
+
+    batching = sub.add_parser(
+        "configure-batching", help="change the encoder replicas' dynamic batching now (unset flags keep their value)"
+    )
+    client_flags(batching)
+    batching.add_argument("--max-batch-size", type=int, help="texts per batch (1 = every text its own model call)")
+    batching.add_argument("--max-wait-ms", type=float, help="how long a non-empty batch waits for company")
+    batching.add_argument("--max-batch-tokens", type=int, help="padded tokens (rows x longest text) per model call")
+    batching.add_argument("--json", action="store_true")
+    batching.set_defaults(func=_configure_batching)
 
     stats = sub.add_parser("stats", help="model, replicas, index and catalogue sizes")
     client_flags(stats)

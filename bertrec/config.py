@@ -13,6 +13,11 @@ import tomllib
 
 ENV_PREFIX = "BERTREC_"
 QUANTIZE_MODES = ("none", "int8")
+# Upper limits of the batching settings, in the config and in Admin.ConfigureBatching alike: past
+# them a setting is a typo, not a tuning (a 1-hour wait, a model call the size of a GPU's memory).
+MAX_BATCH_SIZE_LIMIT = 4096
+MAX_WAIT_S_LIMIT = 1.0
+MAX_BATCH_TOKENS_LIMIT = 262_144  # 2,048 texts of 128 tokens
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,12 @@ class WorkersConfig:
     shared replicas <pool_name>-<i>: detached, spread over the cluster's nodes, and attached to by
     every front end started with the same name (and the same model settings); none kills them."""
     max_batch_size: int = 64
+    """Texts a replica encodes together at most (one batch = the texts of one flush of its queue)."""
     max_wait_s: float = 0.005
     """How long a non-empty batch waits for company; a lone request on an idle replica never waits."""
+    max_batch_tokens: int = 8192
+    """Padded tokens per model call: a batch is sorted by token count and split into calls whose
+    rows x longest text never exceed this (8192 = 64 texts of 128 tokens). At least model.max_length."""
     max_queue: int = 4096
     """Texts queued per replica before callers get RESOURCE_EXHAUSTED."""
     max_retries: int = 3
@@ -234,8 +243,9 @@ def validate_config(config: Config) -> None:
     if config.model.quantize not in QUANTIZE_MODES:
         raise ValueError(f"model.quantize must be one of {', '.join(QUANTIZE_MODES)}, got {config.model.quantize!r}")
     w = config.workers
-    if w.replicas < 0 or w.max_batch_size < 1 or w.max_queue < 1 or w.max_wait_s < 0:
-        raise ValueError("workers: replicas >= 0, max_batch_size >= 1, max_queue >= 1, max_wait_s >= 0")
+    if w.replicas < 0 or w.max_queue < 1:
+        raise ValueError("workers: replicas >= 0, max_queue >= 1")
+    check_batching(w.max_batch_size, w.max_wait_s, w.max_batch_tokens, w.max_queue, config.model.max_length)
     if config.index.shards < 1 or config.index.cpus_per_shard < 0:
         raise ValueError("index: shards >= 1, cpus_per_shard >= 0")
     if bool(config.auth.tls_cert) != bool(config.auth.tls_key):
@@ -243,3 +253,21 @@ def validate_config(config: Config) -> None:
     r = config.rerank
     if r.collaborative_candidates < 0 or r.popular_candidates < 0 or r.refit_interval_s <= 0:
         raise ValueError("rerank: collaborative_candidates >= 0, popular_candidates >= 0, refit_interval_s > 0")
+
+
+def check_batching(
+    max_batch_size: int | None, max_wait_s: float | None, max_batch_tokens: int | None, max_queue: int, max_length: int
+) -> None:
+    """Raise ValueError naming the first batching setting out of range; None = not being set."""
+    if max_batch_size is not None and not 1 <= max_batch_size <= min(max_queue, MAX_BATCH_SIZE_LIMIT):
+        raise ValueError(
+            f"max_batch_size must be between 1 and {min(max_queue, MAX_BATCH_SIZE_LIMIT)} "
+            f"(workers.max_queue {max_queue}, limit {MAX_BATCH_SIZE_LIMIT}), got {max_batch_size}"
+        )
+    if max_wait_s is not None and not 0.0 <= max_wait_s <= MAX_WAIT_S_LIMIT:  # also refuses NaN
+        raise ValueError(f"max_wait_s must be between 0 and {MAX_WAIT_S_LIMIT} seconds, got {max_wait_s}")
+    if max_batch_tokens is not None and not max_length <= max_batch_tokens <= MAX_BATCH_TOKENS_LIMIT:
+        raise ValueError(
+            f"max_batch_tokens must be between model.max_length ({max_length}: one text of the longest "
+            f"kind must fit a model call) and {MAX_BATCH_TOKENS_LIMIT}, got {max_batch_tokens}"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -150,22 +151,21 @@ def upsert_summary_from_pb(msg: pb.UpsertItemsResponse) -> t.UpsertSummary:
     return t.UpsertSummary(msg.received, msg.inserted, msg.updated, msg.unchanged, msg.encoded)
 
 
+# ReplicaInfo's dataclass fields and pb fields have the same names.
+def replica_info_to_pb(r: t.ReplicaInfo) -> pb.ReplicaInfo:
+    return pb.ReplicaInfo(**dataclasses.asdict(r))
+
+
+def replica_info_from_pb(r: pb.ReplicaInfo) -> t.ReplicaInfo:
+    return t.ReplicaInfo(**{f.name: getattr(r, f.name) for f in dataclasses.fields(t.ReplicaInfo)})
+
+
 def info_to_pb(info: t.ServiceInfo) -> pb.InfoResponse:
     return pb.InfoResponse(
         version=info.version,
         model=info.model,
         dim=info.dim,
-        replicas=[
-            pb.ReplicaInfo(
-                name=r.name,
-                device=r.device,
-                node_id=r.node_id,
-                healthy=r.healthy,
-                encoded_texts=r.encoded_texts,
-                mean_batch_size=r.mean_batch_size,
-            )
-            for r in info.replicas
-        ],
+        replicas=[replica_info_to_pb(r) for r in info.replicas],
         index_type=info.index_type,
         index_device=info.index_device,
         index_size=info.index_size,
@@ -184,10 +184,7 @@ def info_from_pb(msg: pb.InfoResponse) -> t.ServiceInfo:
         version=msg.version,
         model=msg.model,
         dim=msg.dim,
-        replicas=tuple(
-            t.ReplicaInfo(r.name, r.device, r.node_id, r.healthy, r.encoded_texts, r.mean_batch_size)
-            for r in msg.replicas
-        ),
+        replicas=tuple(replica_info_from_pb(r) for r in msg.replicas),
         index_type=msg.index_type,
         index_device=msg.index_device,
         index_size=msg.index_size,
@@ -199,3 +196,17 @@ def info_from_pb(msg: pb.InfoResponse) -> t.ServiceInfo:
         reranker=msg.reranker,
         reranker_ready=msg.reranker_ready,
     )
+
+
+def configure_batching_to_pb(
+    max_batch_size: int | None, max_wait_s: float | None, max_batch_tokens: int | None
+) -> pb.ConfigureBatchingRequest:
+    """None = leave that setting as it is (the field stays unset)."""
+    given = {"max_batch_size": max_batch_size, "max_wait_s": max_wait_s, "max_batch_tokens": max_batch_tokens}
+    return pb.ConfigureBatchingRequest(**{k: v for k, v in given.items() if v is not None})
+
+
+def configure_batching_from_pb(msg: pb.ConfigureBatchingRequest) -> dict[str, Any]:
+    """{max_batch_size, max_wait_s, max_batch_tokens}, None for each field the caller left unset."""
+    fields = ("max_batch_size", "max_wait_s", "max_batch_tokens")
+    return {f: getattr(msg, f) if msg.HasField(f) else None for f in fields}

@@ -111,6 +111,12 @@ class ReplicaInfo:
     healthy: bool = True
     encoded_texts: int = 0
     mean_batch_size: float = 0.0
+    max_batch_size: int = 0
+    """Batching as it is now: texts per batch, the wait for company, padded tokens per model call."""
+    max_wait_s: float = 0.0
+    max_batch_tokens: int = 0
+    mean_queue_s: float = 0.0
+    """Mean time a text waited for its batch, since the replica started."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from bertrec.types import (
     Interaction,
     Item,
     RecommendQuery,
+    ReplicaInfo,
     ScoredItem,
     ServiceInfo,
     UpsertSummary,
@@ -266,6 +267,22 @@ class AsyncClient:
         request = pb.LoadModelRequest(model_path=model_path, force=force)
         async for p in self._server_stream(self._admin.LoadModel, request, timeout_s, request_id):
             yield p.stage, p.done, p.total, p.message
+
+    async def configure_batching(
+        self,
+        *,
+        max_batch_size: int | None = None,
+        max_wait_s: float | None = None,
+        max_batch_tokens: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> tuple[ReplicaInfo, ...]:
+        """Change the replicas' dynamic batching now, without a restart (None = keep that setting):
+        texts per batch, the wait for company, padded tokens per model call. Returns every replica
+        with its effective settings; InvalidRequest for values out of range (nothing changes then)."""
+        request = convert.configure_batching_to_pb(max_batch_size, max_wait_s, max_batch_tokens)
+        response = await self._unary(self._admin.ConfigureBatching, request, timeout_s, request_id)
+        return tuple(convert.replica_info_from_pb(r) for r in response.replicas)
 
     async def is_serving(self, timeout_s: float = 2.0) -> bool:
         try:

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,32 @@ def _state_metrics(s: dict[str, Any]) -> Iterator[Metric]:
     expired = CounterMetricFamily(
         "bertrec_encoder_expired", "Texts skipped because their deadline passed while queued.", labels=["replica"]
     )
+    batch_sizes = HistogramMetricFamily(
+        "bertrec_encoder_batch_size", "Texts per batch (one flush of the replica's queue).", labels=["replica"]
+    )
+    queue_times = HistogramMetricFamily(
+        "bertrec_encoder_queue_seconds",
+        "Time each text waited in the replica's queue for its batch, in seconds.",
+        labels=["replica"],
+    )
+    # The settings in force now (the config's, or what Admin.ConfigureBatching set).
+    settings = {
+        key: GaugeMetricFamily(f"bertrec_encoder_{name}", help_text, labels=["replica"])
+        for key, name, help_text in (
+            ("max_batch_size", "max_batch_size", "Most texts per batch, as set now."),
+            ("max_wait_s", "max_wait_seconds", "How long a non-empty batch waits for company, as set now."),
+            ("max_batch_tokens", "max_batch_tokens", "Most padded tokens (rows x longest) per model call, as set now."),
+        )
+    }
+    # Model calls and their tokens: padded / real is the padding the length grouping leaves.
+    calls = {
+        key: CounterMetricFamily(f"bertrec_encoder_{key}", help_text, labels=["replica"])
+        for key, help_text in (
+            ("model_calls", "Forward passes of the model (a batch is cut into calls by token count)."),
+            ("tokens", "Tokens of the texts encoded (special tokens included)."),
+            ("padded_tokens", "Tokens the model computed: rows x longest text, summed over calls."),
+        )
+    }
     for r in replicas:
         up.add_metric([r["name"], r.get("device", "unknown")], 1.0 if r.get("healthy") else 0.0)
         if not r.get("healthy"):
@@ -173,7 +200,18 @@ def _state_metrics(s: dict[str, Any]) -> Iterator[Metric]:
         batches.add_metric([r["name"]], float(r.get("batches", 0)))
         mean.add_metric([r["name"]], float(r.get("mean_batch_size", 0.0)))
         expired.add_metric([r["name"]], float(r.get("expired", 0)))
-    yield from (up, queue, texts, batches, mean, expired)
+        for family, key in ((batch_sizes, "batch_sizes"), (queue_times, "queue_times")):
+            if key in r:
+                family.add_metric([r["name"]], _buckets(r[key]), sum_value=r[key]["sum"])
+        for key, family in settings.items():
+            if key in r:
+                family.add_metric([r["name"]], float(r[key]))
+        for key, family in calls.items():
+            if key in r:
+                family.add_metric([r["name"]], float(r[key]))
+    yield from (up, queue, texts, batches, mean, expired, batch_sizes, queue_times)
+    yield from settings.values()
+    yield from calls.values()
 
     coalescing = s["coalescing"]
     yield CounterMetricFamily(
@@ -201,3 +239,9 @@ def _state_metrics(s: dict[str, Any]) -> Iterator[Metric]:
         "Hits / lookups of the user-vector cache since start.",
         value=s["cache_hit_rate"],
     )
+
+
+def _buckets(histogram: dict[str, Any]) -> list[tuple[str, float]]:
+    """A replica's histogram (batching.Histogram.to_dict) as Prometheus (le, cumulative count) pairs."""
+    pairs = [(floatToGoString(b), float(n)) for b, n in zip(histogram["bounds"], histogram["buckets"])]
+    return [*pairs, ("+Inf", float(histogram["count"]))]

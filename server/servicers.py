@@ -200,3 +200,10 @@ class AdminServicer(_Base):
         validation.check_model_path(request.model_path)
         async for stage, done, total, message in self.ready().load_model(request.model_path, request.force):
             yield pb.LoadModelProgress(stage=stage, done=done, total=total, message=message)
+
+    @grpc_errors
+    async def ConfigureBatching(self, request, context):
+        change = convert.configure_batching_from_pb(decoded(request))
+        validation.check_batching_change(change, self.state.config)
+        replicas = await self.ready().configure_batching(**change)
+        return pb.ConfigureBatchingResponse(replicas=[convert.replica_info_to_pb(r) for r in replicas])

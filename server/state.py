@@ -57,6 +57,22 @@ def compare_evaluations(serving: Path, candidate: Path) -> str:
     return ""
 
 
+def replica_info(r: dict) -> ReplicaInfo:
+    """A replica's info() dict (or the pool's stand-in for a replica that is down) as the domain type."""
+    return ReplicaInfo(
+        name=r["name"],
+        device=r["device"],
+        node_id=r.get("node_id", ""),
+        healthy=r["healthy"],
+        encoded_texts=r.get("encoded_texts", 0),
+        mean_batch_size=r.get("mean_batch_size", 0.0),
+        max_batch_size=r.get("max_batch_size", 0),
+        max_wait_s=r.get("max_wait_s", 0.0),
+        max_batch_tokens=r.get("max_batch_tokens", 0),
+        mean_queue_s=r.get("mean_queue_s", 0.0),
+    )
+
+
 class ServiceState:
     def __init__(self, config: Config):
         self.config = config
@@ -210,17 +226,7 @@ class ServiceState:
             version=__version__,
             model=self.pool.model_name,
             dim=self.pool.dim,
-            replicas=tuple(
-                ReplicaInfo(
-                    name=r["name"],
-                    device=r["device"],
-                    node_id=r.get("node_id", ""),
-                    healthy=r["healthy"],
-                    encoded_texts=r.get("encoded_texts", 0),
-                    mean_batch_size=r.get("mean_batch_size", 0.0),
-                )
-                for r in replicas
-            ),
+            replicas=tuple(map(replica_info, replicas)),
             index_type=index.factory,
             index_device=index.device,
             index_size=len(index),
@@ -232,6 +238,19 @@ class ServiceState:
             reranker=self.reranker.name if self.reranker else "",
             reranker_ready=bool(self.reranker and self.reranker.ready_for(self.catalog.model)),
         )
+
+    async def configure_batching(
+        self, max_batch_size: int | None, max_wait_s: float | None, max_batch_tokens: int | None
+    ) -> tuple[ReplicaInfo, ...]:
+        """Change the replicas' batching now (validated by the caller); their effective settings."""
+        replicas = await self.pool.configure_batching(max_batch_size, max_wait_s, max_batch_tokens)
+        logger.info(
+            "batching changed to max_batch_size=%s max_wait_s=%s max_batch_tokens=%s (None = unchanged)",
+            max_batch_size,
+            max_wait_s,
+            max_batch_tokens,
+        )
+        return tuple(map(replica_info, replicas))
 
     async def close(self) -> None:
         self.ready = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from bertrec.config import ServerConfig
+from bertrec.config import Config, ServerConfig, check_batching
 from bertrec.errors import InvalidRequest
 from bertrec.types import Interaction, Item, RecommendQuery, RerankQuery, UserQuery
 
@@ -130,3 +130,19 @@ def check_texts(texts: Sequence[str], cfg: ServerConfig) -> None:
     check_count(len(texts), cfg.max_items_per_request, "texts")
     for i, text in enumerate(texts):
         check_text(text, cfg.max_text_chars, f"text {i}")
+
+
+def check_batching_change(change: dict, config: Config) -> None:
+    """A ConfigureBatching request: at least one setting, each within the limits the config has."""
+    if all(v is None for v in change.values()):
+        raise InvalidRequest("give at least one of max_batch_size, max_wait_s, max_batch_tokens")
+    try:
+        check_batching(
+            change["max_batch_size"],
+            change["max_wait_s"],
+            change["max_batch_tokens"],
+            config.workers.max_queue,
+            config.model.max_length,
+        )
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None

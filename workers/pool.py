@@ -78,7 +78,7 @@ class RayEncoderPool:
     async def start(self) -> None:
         import ray
 
-        from bertrec.workers.replica import EncoderReplica, write_model_pointer
+        from bertrec.workers.replica import EncoderReplica, batching_file, write_batching, write_model_pointer
 
         ensure_ray(self.workers_config)
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -91,6 +91,7 @@ class RayEncoderPool:
                 logger.warning("shared pool %s has replicas beyond the %d this front end uses", self.prefix, count)
         if self.model_pointer:
             write_model_pointer(self.model_pointer, self.model_config.path)
+            write_batching(batching_file(self.model_pointer), {})  # a new front end starts from its config
         self.gpus_per_replica = 1 if gpus else 0
         cpus = 0.0 if gpus else self.workers_config.cpus_per_replica
         actor_cls = ray.remote(EncoderReplica)
@@ -237,8 +238,37 @@ class RayEncoderPool:
 
         return list(await asyncio.gather(*(one(i) for i in range(len(self.replicas)))))
 
-    async def configure_batching(self, max_batch_size: int | None = None, max_wait_s: float | None = None):
-        await asyncio.gather(*(r.configure_batching.remote(max_batch_size, max_wait_s) for r in self.replicas))
+    async def configure_batching(
+        self, max_batch_size: int | None = None, max_wait_s: float | None = None, max_batch_tokens: int | None = None
+    ) -> list[dict]:
+        """Change every replica's batching now (None = keep; the caller validates, see
+        config.check_batching) and return `info()`, which shows the effective settings.
+
+        The settings are also written beside the model pointer, so a replica that Ray restarts
+        comes back with them; a front end that starts again starts from its config. On a shared
+        pool they apply to every front end that uses it. The front end's coalescer merges small
+        requests up to the same batch size, so max_batch_size 1 means one text per model call.
+        """
+        import ray
+
+        from bertrec.workers.replica import batching_file, read_batching, write_batching
+
+        given = {"max_batch_size": max_batch_size, "max_wait_s": max_wait_s, "max_batch_tokens": max_batch_tokens}
+        given = {k: v for k, v in given.items() if v is not None}
+        if self.model_pointer:  # first: a replica restarting meanwhile reads the new values
+            path = batching_file(self.model_pointer)
+            write_batching(path, read_batching(path) | given)
+        if max_batch_size is not None:
+            for coalescer in self._coalescers.values():
+                coalescer.max_texts = min(max_batch_size, self.workers_config.max_queue)
+        calls = (r.configure_batching.remote(**given) for r in self.replicas)
+        for outcome in await asyncio.gather(*calls, return_exceptions=True):
+            # A replica that is down misses the call: it reads the file when Ray restarts it, and
+            # info() shows it unhealthy meanwhile. Any other failure is the caller's to see.
+            lost = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+            if isinstance(outcome, BaseException) and not isinstance(outcome, lost):
+                raise outcome
+        return await self.info()
 
     def shutdown(self) -> None:
         """Kill a private pool's replicas; a shared pool's stay for the other front ends."""

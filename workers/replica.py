@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,24 @@ from bertrec.config import ModelConfig, WorkersConfig
 logger = logging.getLogger(__name__)
 
 
+def _read_json(path: str) -> dict[str, Any]:
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    """Atomically: a replica reading it while it is written sees the old or the new content."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh)
+    os.replace(tmp, path)
+
+
 def read_model_pointer(path: str) -> str:
     """The checkpoint path recorded in a model pointer file, or "" when there is none."""
-    if not path or not os.path.exists(path):
-        return ""
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh).get("model_path", "")
+    return _read_json(path).get("model_path", "")
 
 
 def replica_settings(model: ModelConfig, workers: WorkersConfig, model_path: str) -> dict[str, Any]:
@@ -28,15 +41,32 @@ def replica_settings(model: ModelConfig, workers: WorkersConfig, model_path: str
     want the same (every model setting but the checkpoint folders, and the batching and CPU
     settings), or its vectors and queueing would differ from what it expects."""
     settings = {k: v for k, v in dataclasses.asdict(model).items() if k not in ("path", "checkpoints_dir")}
-    settings |= {k: getattr(workers, k) for k in ("cpus_per_replica", "max_batch_size", "max_wait_s", "max_queue")}
+    built_with = ("cpus_per_replica", "max_batch_size", "max_wait_s", "max_batch_tokens", "max_queue")
+    settings |= {k: getattr(workers, k) for k in built_with}
     return {"model_path": model_path, **settings}
 
 
+BATCHING_KEYS = ("max_batch_size", "max_wait_s", "max_batch_tokens")
+
+
+def batching_file(model_pointer: str) -> str:
+    """Where the batching settings changed at run time are kept, beside the model pointer: a
+    replica that Ray restarts reads them, so it does not fall back to the configured values."""
+    return str(Path(model_pointer).with_name("active_batching.json")) if model_pointer else ""
+
+
+def read_batching(path: str) -> dict[str, Any]:
+    return {k: v for k, v in _read_json(path).items() if k in BATCHING_KEYS}
+
+
+def write_batching(path: str, settings: dict[str, Any]) -> None:
+    """Replace the stored run-time batching settings ({} = none: the configured values hold)."""
+    if path:
+        _write_json(path, settings)
+
+
 def write_model_pointer(path: str, model_path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"model_path": model_path}, fh)
-    os.replace(tmp, path)
+    _write_json(path, {"model_path": model_path})
 
 
 class EncoderReplica:
@@ -61,6 +91,8 @@ class EncoderReplica:
         # After a model swap the pointer names the promoted checkpoint, so a replica that Ray
         # restarts comes back with the model the service is serving, not the one it started with.
         path = read_model_pointer(model_pointer) or model.path
+        # Batching settings changed at run time (Admin.ConfigureBatching) outlive a restart too.
+        self.batching = {k: getattr(workers, k) for k in BATCHING_KEYS} | read_batching(batching_file(model_pointer))
         self.encoder, self.batcher = self._load(path)
         self.model_path = path
         self.staging: tuple | None = None
@@ -71,10 +103,16 @@ class EncoderReplica:
         from bertrec.workers.batching import Batcher
         from bertrec.workers.encoder import BertEncoder
 
-        m = self.model_config
-        encoder = BertEncoder(path, device=self.device, max_length=m.max_length, quantize=m.quantize)
-        w = self.workers_config
-        return encoder, Batcher(encoder.encode_items, w.max_batch_size, w.max_wait_s, w.max_queue)
+        m, b = self.model_config, self.batching
+        encoder = BertEncoder(
+            path,
+            device=self.device,
+            max_length=m.max_length,
+            max_batch_tokens=b["max_batch_tokens"],
+            quantize=m.quantize,
+        )
+        batcher = Batcher(encoder.encode_items, b["max_batch_size"], b["max_wait_s"], self.workers_config.max_queue)
+        return encoder, batcher
 
     async def encode(self, texts: list[str], deadline: float | None = None, staging: bool = False) -> np.ndarray:
         if staging:
@@ -100,8 +138,17 @@ class EncoderReplica:
     def drop_staging(self) -> None:
         self.staging = None
 
-    def configure_batching(self, max_batch_size: int | None = None, max_wait_s: float | None = None) -> None:
-        self.batcher.configure(max_batch_size, max_wait_s)
+    def configure_batching(
+        self, max_batch_size: int | None = None, max_wait_s: float | None = None, max_batch_tokens: int | None = None
+    ) -> dict[str, Any]:
+        """Change batching now (None = keep), for the serving model and a staged one alike, and
+        return the effective settings. The caller validates (the pool; config.check_batching)."""
+        given = {"max_batch_size": max_batch_size, "max_wait_s": max_wait_s, "max_batch_tokens": max_batch_tokens}
+        self.batching |= {k: v for k, v in given.items() if v is not None}
+        for encoder, batcher in filter(None, [(self.encoder, self.batcher), self.staging]):
+            batcher.configure(self.batching["max_batch_size"], self.batching["max_wait_s"])
+            encoder.max_batch_tokens = self.batching["max_batch_tokens"]
+        return dict(self.batching)
 
     def settings(self) -> dict[str, Any]:
         """The settings this replica was built with and the checkpoint it serves (see replica_settings)."""
@@ -112,6 +159,7 @@ class EncoderReplica:
 
         stats = self.batcher.stats
         return {
+            **self.batching,
             "name": self.name,
             "device": self.encoder.device_label,  # e.g. "cpu-int8"
             "quantize": self.encoder.quantize,
@@ -124,4 +172,8 @@ class EncoderReplica:
             "mean_batch_size": stats.mean_batch_size,
             "queue_depth": self.batcher.queue_depth,
             "expired": stats.expired,
+            "mean_queue_s": stats.mean_queue_s,
+            "batch_sizes": stats.batch_sizes.to_dict(),
+            "queue_times": stats.queue_times.to_dict(),
+            **self.encoder.stats.to_dict(),
         }

@@ -235,20 +235,28 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaInfo(_message.Message):
-    __slots__ = ("name", "device", "node_id", "healthy", "encoded_texts", "mean_batch_size")
+    __slots__ = ("name", "device", "node_id", "healthy", "encoded_texts", "mean_batch_size", "max_batch_size", "max_wait_s", "max_batch_tokens", "mean_queue_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     ENCODED_TEXTS_FIELD_NUMBER: _ClassVar[int]
     MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_QUEUE_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     device: str
     node_id: str
     healthy: bool
     encoded_texts: int
     mean_batch_size: float
-    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., node_id: _Optional[str] = ..., healthy: _Optional[bool] = ..., encoded_texts: _Optional[int] = ..., mean_batch_size: _Optional[float] = ...) -> None: ...
+    max_batch_size: int
+    max_wait_s: float
+    max_batch_tokens: int
+    mean_queue_s: float
+    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., node_id: _Optional[str] = ..., healthy: _Optional[bool] = ..., encoded_texts: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_wait_s: _Optional[float] = ..., max_batch_tokens: _Optional[int] = ..., mean_queue_s: _Optional[float] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("version", "model", "dim", "replicas", "index_type", "index_device", "index_size", "item_count", "user_count", "interaction_count", "store_version", "user_cache_hit_rate", "reranker", "reranker_ready")
@@ -301,3 +309,19 @@ class LoadModelProgress(_message.Message):
     total: int
     message: str
     def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ConfigureBatchingRequest(_message.Message):
+    __slots__ = ("max_batch_size", "max_wait_s", "max_batch_tokens")
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    max_batch_size: int
+    max_wait_s: float
+    max_batch_tokens: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_wait_s: _Optional[float] = ..., max_batch_tokens: _Optional[int] = ...) -> None: ...
+
+class ConfigureBatchingResponse(_message.Message):
+    __slots__ = ("replicas",)
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaInfo]
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...

@@ -531,6 +531,11 @@ class AdminStub:
                 request_serializer=bertrec_dot_v1_dot_recommender__pb2.LoadModelRequest.SerializeToString,
                 response_deserializer=bertrec_dot_v1_dot_recommender__pb2.LoadModelProgress.FromString,
                 _registered_method=True)
+        self.ConfigureBatching = channel.unary_unary(
+                '/bertrec.v1.Admin/ConfigureBatching',
+                request_serializer=bertrec_dot_v1_dot_recommender__pb2.ConfigureBatchingRequest.SerializeToString,
+                response_deserializer=bertrec_dot_v1_dot_recommender__pb2.ConfigureBatchingResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -553,6 +558,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfigureBatching(self, request, context):
+        """Change the replicas' dynamic batching now, without a restart. INVALID_ARGUMENT for values out
+        of range (sizes below 1 or above the server's limits, a negative wait, a token cap below the
+        model's max length); nothing changes then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -565,6 +579,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.LoadModel,
                     request_deserializer=bertrec_dot_v1_dot_recommender__pb2.LoadModelRequest.FromString,
                     response_serializer=bertrec_dot_v1_dot_recommender__pb2.LoadModelProgress.SerializeToString,
+            ),
+            'ConfigureBatching': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureBatching,
+                    request_deserializer=bertrec_dot_v1_dot_recommender__pb2.ConfigureBatchingRequest.FromString,
+                    response_serializer=bertrec_dot_v1_dot_recommender__pb2.ConfigureBatchingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -622,6 +641,33 @@ class Admin:
             '/bertrec.v1.Admin/LoadModel',
             bertrec_dot_v1_dot_recommender__pb2.LoadModelRequest.SerializeToString,
             bertrec_dot_v1_dot_recommender__pb2.LoadModelProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureBatching(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bertrec.v1.Admin/ConfigureBatching',
+            bertrec_dot_v1_dot_recommender__pb2.ConfigureBatchingRequest.SerializeToString,
+            bertrec_dot_v1_dot_recommender__pb2.ConfigureBatchingResponse.FromString,
             options,
             channel_credentials,
             insecure,

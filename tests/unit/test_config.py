@@ -36,6 +36,11 @@ def test_config_file_from_environment(tmp_path):
         {"BERTREC_SERVER_PORT": "70000"},
         {"BERTREC_STORE_LOAD_DEMO": "maybe"},
         {"BERTREC_WORKERS_MAX_BATCH_SIZE": "0"},
+        {"BERTREC_WORKERS_MAX_BATCH_SIZE": "5000"},  # above the queue (4096)
+        {"BERTREC_WORKERS_MAX_WAIT_S": "-0.001"},
+        {"BERTREC_WORKERS_MAX_WAIT_S": "nan"},
+        {"BERTREC_WORKERS_MAX_BATCH_TOKENS": "100"},  # below model.max_length (128): a text must fit
+        {"BERTREC_WORKERS_MAX_BATCH_TOKENS": "100000000"},
         {"BERTREC_INDEX_SHARDS": "0"},
     ],
 )
