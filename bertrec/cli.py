@@ -24,7 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.config,
         overrides={
             "server": {"host": args.host, "port": args.port, "metrics_port": args.metrics_port},
-            "store": {"data_dir": args.data_dir, "load_demo": False if args.no_demo else None},
+            "store": {"data_dir": args.data_dir, "url": args.store_url, "load_demo": False if args.no_demo else None},
             "model": {"path": args.model, "device": args.device, "quantize": args.quantize},
             "workers": {"replicas": args.replicas, "ray_address": args.ray_address, "pool_name": args.pool_name},
             "index": {"factory": args.index, "shards": args.index_shards},
@@ -340,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 = a free one)")
     serve.add_argument("--data-dir")
+    serve.add_argument("--store-url", help="postgresql://... store shared by front ends on several hosts")
     serve.add_argument("--model", help="local Hugging Face checkpoint folder (default: packaged MiniLM)")
     serve.add_argument("--device", help="auto, cpu, cuda")
     serve.add_argument(

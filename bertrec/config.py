@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -49,6 +50,9 @@ class ServerConfig:
     """How often a changed index is snapshotted to disk (it is also saved on shutdown)."""
     metrics_port: int = -1
     """Port of the Prometheus /metrics endpoint (plain HTTP on `host`); -1 = off, 0 picks a free one."""
+    max_concurrent_rpcs: int = 256
+    """RPCs handled at once by this front end; more are refused at once with RESOURCE_EXHAUSTED
+    (pushback the caller can act on) instead of queueing into timeouts. Health probes are exempt."""
 
 
 @dataclass(frozen=True)
@@ -113,12 +117,18 @@ class IndexConfig:
     """Ray CPU resource reserved by each shard actor."""
     detached_shards: bool = True
     """Shards outlive the front end that created them (others may be using them); False = die with it."""
+    check_interval_s: float = 2.0
+    """How often a sharded index checks its shards; a restarted (empty) shard triggers a rebuild
+    from the store. Searches that hit a lost shard trigger it at once too."""
 
 
 @dataclass(frozen=True)
 class StoreConfig:
     data_dir: str = "./bertrec-data"
     """Folder of the SQLite store and the index snapshot."""
+    url: str = ""
+    """Empty = the SQLite file in `data_dir` (one host). "postgresql://user@host/db" = a PostgreSQL
+    store, shared by front ends on several hosts (needs the `postgres` extra: psycopg)."""
     load_demo: bool = True
     """Ingest the bundled MovieLens-small catalogue when the store is empty."""
 
@@ -159,6 +169,8 @@ class Config:
         out = dataclasses.asdict(self)
         if out["auth"]["token"]:
             out["auth"]["token"] = "***"
+        # The effective config is logged: never a database password.
+        out["store"]["url"] = re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", out["store"]["url"])
         return out
 
 
@@ -246,8 +258,10 @@ def validate_config(config: Config) -> None:
     if w.replicas < 0 or w.max_queue < 1:
         raise ValueError("workers: replicas >= 0, max_queue >= 1")
     check_batching(w.max_batch_size, w.max_wait_s, w.max_batch_tokens, w.max_queue, config.model.max_length)
-    if config.index.shards < 1 or config.index.cpus_per_shard < 0:
-        raise ValueError("index: shards >= 1, cpus_per_shard >= 0")
+    if config.index.shards < 1 or config.index.cpus_per_shard < 0 or config.index.check_interval_s <= 0:
+        raise ValueError("index: shards >= 1, cpus_per_shard >= 0, check_interval_s > 0")
+    if s.max_concurrent_rpcs < 1:
+        raise ValueError("server.max_concurrent_rpcs must be positive")
     if bool(config.auth.tls_cert) != bool(config.auth.tls_key):
         raise ValueError("auth.tls_cert and auth.tls_key go together")
     r = config.rerank

@@ -33,7 +33,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         token: str | None = None,
         tls: bool = False,
@@ -48,12 +48,14 @@ class AsyncClient:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
+        address, balancing = b.channel_target(target)
+        options += balancing
         if tls or root_certificates or client_cert:
             creds = b.channel_credentials(root_certificates, client_cert, client_key)
-            self._channel = grpc.aio.secure_channel(target, creds, options=options)
+            self._channel = grpc.aio.secure_channel(address, creds, options=options)
         else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
-        self.target = target
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        self.target = address
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.initial_backoff_s = initial_backoff_s

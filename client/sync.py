@@ -29,7 +29,8 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
 class Client:
-    """Talks to one bertrec server (or a load balancer in front of several).
+    """Talks to one bertrec server, a load balancer, or several front ends given as a list of
+    "ip:port" addresses (balanced round robin by gRPC; a dead one drops out of the rotation).
 
     Every call has a deadline (`timeout_s`, per call or the client default). Only UNAVAILABLE is
     retried, with jittered exponential backoff inside that deadline; a stream is retried only
@@ -41,7 +42,7 @@ class Client:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         token: str | None = None,
         tls: bool = False,
@@ -56,12 +57,14 @@ class Client:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
+        address, balancing = b.channel_target(target)
+        options += balancing
         if tls or root_certificates or client_cert:
             creds = b.channel_credentials(root_certificates, client_cert, client_key)
-            self._channel = grpc.secure_channel(target, creds, options=options)
+            self._channel = grpc.secure_channel(address, creds, options=options)
         else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        self.target = target
+            self._channel = grpc.insecure_channel(address, options=options)
+        self.target = address
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.initial_backoff_s = initial_backoff_s

@@ -84,6 +84,7 @@ class ServiceState:
         self.profiles = None
         self.reranker = None
         self._snapshot_task: asyncio.Task | None = None
+        self._index_watch: asyncio.Task | None = None
         self._swap_lock = asyncio.Lock()
         self.model_path = ""
 
@@ -91,7 +92,7 @@ class ServiceState:
         from bertrec.server.catalog import Catalog
         from bertrec.server.recommend import Recommender
         from bertrec.server.users import UserProfiles
-        from bertrec.store import SQLiteStore
+        from bertrec.store import open_store
         from bertrec.workers.encoder import default_model_path
         from bertrec.workers.pool import RayEncoderPool
         from bertrec.workers.replica import read_model_pointer
@@ -102,7 +103,7 @@ class ServiceState:
         # An explicit --model wins; otherwise the model promoted by the last swap; else the default.
         model_path = cfg.model.path or read_model_pointer(pointer) or default_model_path()
         self.model_path = model_path
-        self.store = SQLiteStore(cfg.store.data_dir)
+        self.store = open_store(cfg.store.url, cfg.store.data_dir)
         self.pool = RayEncoderPool(dataclasses.replace(cfg.model, path=model_path), cfg.workers, pointer)
         await self.pool.start()
         fingerprint = model_fingerprint(model_path) + self.pool.fingerprint_suffix
@@ -121,6 +122,8 @@ class ServiceState:
         self.reranker = self._load_reranker(fingerprint)
         self.recommender = Recommender(self.catalog, self.pool, self.profiles, cfg.server, self.reranker)
         self._snapshot_task = asyncio.ensure_future(self._snapshot_loop())
+        if cfg.index.shards > 1:
+            self._index_watch = asyncio.ensure_future(self._index_watch_loop())
         self.ready = True
 
     def _load_reranker(self, fingerprint: str):
@@ -217,6 +220,14 @@ class ServiceState:
             except Exception:
                 logger.exception("index snapshot failed; will retry")
 
+    async def _index_watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.index.check_interval_s)
+            try:
+                await self.catalog.check_index()
+            except Exception:
+                logger.exception("index check failed; will retry")
+
     async def info(self) -> ServiceInfo:
         replicas = await self.pool.info()
         counts = await asyncio.to_thread(self.store.counts)
@@ -254,8 +265,9 @@ class ServiceState:
 
     async def close(self) -> None:
         self.ready = False
-        if self._snapshot_task:
-            self._snapshot_task.cancel()
+        for task in (self._snapshot_task, self._index_watch):
+            if task:
+                task.cancel()
         if self.reranker:
             self.reranker.stop()
         if self.catalog and self.catalog.index is not None:
