@@ -1,9 +1,10 @@
-"""int8 vs fp32 CPU encoder: throughput, vector agreement and the offline effect, side by side in one run.
+"""Cheaper CPU encoders (bf16, int8) vs fp32: throughput, vector agreement and the offline effect, in one run.
 
     python bench/quantization.py [--rounds 5] [--texts 1024] [--singles 128] [--threads 1] [--cold-seeds 5]
+                                 [--variants bf16,int8]
 
-Both encoders are `BertEncoder` in this process (the packaged all-MiniLM-L6-v2), one with
-`quantize="int8"`. Throughput alternates between them round by round on the same MovieLens titles
+Every encoder is `BertEncoder` in this process (the packaged all-MiniLM-L6-v2) with its
+`quantize` setting. Throughput alternates between them round by round on the same MovieLens titles
 (batches of 64, as a replica's batcher forms them, and single texts); the ratio of medians is the
 figure. Then the whole catalogue is encoded with each, and the vectors are compared (cosine per
 item, item-item top-10 neighbours, and how much a title's vector depends on its batch) and scored
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_results  # noqa: E402
 
-VARIANTS = ("fp32", "int8")
+BASELINE = "fp32"
 NEIGHBOUR_QUERIES = 1000
 
 
@@ -68,13 +69,16 @@ def zero_shot(vectors: dict[str, np.ndarray], split) -> dict:
 
     data = TrainData.build(split.train)
     results = {name: run_method(ZeroShot(v), split, data) for name, v in vectors.items()}
-    diff, se = paired_difference(results["int8"].per_user["ndcg@10"], results["fp32"].per_user["ndcg@10"])
-    out: dict = {"users": len(results["fp32"].users)}
+    out: dict = {"users": len(results[BASELINE].users)}
     for name, r in results.items():
         out[name] = {"ndcg@10": r.mean("ndcg@10"), "recall@20": r.mean("recall@20")}
-    out["int8_minus_fp32_ndcg@10"] = diff
-    out["int8_minus_fp32_ndcg@10_se"] = se
+        if name != BASELINE:
+            diff, se = paired_difference(r.per_user["ndcg@10"], results[BASELINE].per_user["ndcg@10"])
+            out[name] |= {"minus_fp32_ndcg@10": diff, "minus_fp32_ndcg@10_se": se}
     return out
+
+
+COLOURS = {"fp32": "#888", "bf16": "#3a7", "int8": "#37a"}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -83,40 +87,57 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    variants = result["variants"]
+    cheaper = [v for v in variants if v != BASELINE]
     fig, (speed, agree, quality) = plt.subplots(1, 3, figsize=(15, 4))
     tp = result["throughput"]
     groups = [("batches of 64", "batch64"), ("single texts", "single"), ("catalogue, 512 per call", "catalogue")]
     x = np.arange(len(groups))
-    for offset, name, colour in ((-0.2, "fp32", "#888"), (0.2, "int8", "#37a")):
-        values = [tp[key][f"{name}_texts_per_s"] for _, key in groups]
-        speed.bar(x + offset, values, 0.4, label=name, color=colour)
-        if name == "int8":
+    width = 0.8 / len(variants)
+    for n, name in enumerate(variants):
+        offset = (n - (len(variants) - 1) / 2) * width
+        values = [tp[key][name]["texts_per_s"] for _, key in groups]
+        speed.bar(x + offset, values, width, label=name, color=COLOURS.get(name))
+        if name != BASELINE:
             for xi, (v, (_, key)) in enumerate(zip(values, groups)):
-                speed.text(xi + offset, v, f"{tp[key]['ratio']:.2f}x", ha="center", va="bottom")
+                speed.text(xi + offset, v, f"{tp[key][name]['ratio']:.2f}x", ha="center", va="bottom", fontsize=8)
     speed.set_xticks(x, [g for g, _ in groups])
     speed.set_ylabel(f"texts / s ({result['threads']} torch thread(s), median of rounds)")
     speed.set_title("Encode throughput, same titles, same run")
     speed.legend()
-    cosine = np.asarray(result["agreement"]["cosine_histogram"]["counts"])
-    edges = np.asarray(result["agreement"]["cosine_histogram"]["edges"])
-    agree.bar(edges[:-1], cosine, width=np.diff(edges), align="edge", color="#37a")
-    agree.set_xlabel("cosine(int8 vector, fp32 vector) per catalogue item")
+    for name in cheaper:
+        a = result["agreement"][name]
+        edges = np.asarray(a["cosine_histogram"]["edges"])
+        agree.stairs(a["cosine_histogram"]["counts"], edges, label=f"{name}: mean {a['cosine_mean']:.4f}",
+                     color=COLOURS.get(name), fill=True, alpha=0.6)  # fmt: skip
+    agree.set_xlabel("cosine(vector, fp32 vector) per catalogue item")
     agree.set_ylabel("items")
-    agree.set_title(
-        f"Agreement: mean cosine {result['agreement']['cosine_mean']:.3f}, "
-        f"top-10 overlap {result['agreement']['top10_neighbour_overlap']:.2f}"
-    )
+    agree.set_title("Agreement with fp32")
+    agree.legend()
     offline = result["offline"]
     labels = ["warm", f"cold ({len(offline['cold']['seeds'])} seeds)"]
-    for offset, name, colour in ((-0.2, "fp32", "#888"), (0.2, "int8", "#37a")):
+    for n, name in enumerate(variants):
+        offset = (n - (len(variants) - 1) / 2) * width
         values = [offline["warm"][name]["ndcg@10"], offline["cold"][name]["ndcg@10"]]
-        quality.bar(np.arange(2) + offset, values, 0.4, label=name, color=colour)
+        quality.bar(np.arange(2) + offset, values, width, label=name, color=COLOURS.get(name))
     quality.set_xticks(np.arange(2), labels)
     quality.set_ylabel("zero-shot NDCG@10")
     quality.set_title("Offline effect (MovieLens-small)")
     quality.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def agreement_of(reference: np.ndarray, vectors: np.ndarray, queries: np.ndarray) -> dict:
+    cosine = np.sum(reference * vectors, axis=1)
+    counts, edges = np.histogram(cosine, bins=40)
+    return {
+        "cosine_mean": float(cosine.mean()),
+        "cosine_p1": float(np.percentile(cosine, 1)),
+        "cosine_min": float(cosine.min()),
+        "top10_neighbour_overlap": neighbour_overlap(reference, vectors, 10, queries),
+        "cosine_histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+    }
 
 
 def main() -> int:
@@ -126,6 +147,7 @@ def main() -> int:
     parser.add_argument("--singles", type=int, default=128, help="titles encoded one at a time per round")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = a default CPU replica)")
     parser.add_argument("--cold-seeds", type=int, default=5)
+    parser.add_argument("--variants", default="bf16,int8", help="quantize settings compared with fp32")
     args = parser.parse_args()
 
     import torch
@@ -141,74 +163,68 @@ def main() -> int:
     rng = np.random.default_rng(0)
     texts = [catalogue[i] for i in rng.choice(len(catalogue), args.texts, replace=False)]
     singles = texts[: args.singles]
-    encoders = {
-        "fp32": BertEncoder(default_model_path(), "cpu"),
-        "int8": BertEncoder(default_model_path(), "cpu", quantize="int8"),
-    }
+    encoders = {BASELINE: BertEncoder(default_model_path(), "cpu")}
+    for name in args.variants.split(","):
+        encoder = BertEncoder(default_model_path(), "cpu", quantize=name)
+        if encoder.quantize != name:  # e.g. bf16 on a CPU without native bf16
+            print(f"skipping {name}: this CPU runs it as {encoder.quantize}")
+            continue
+        encoders[name] = encoder
+    variants = list(encoders)
     for encoder in encoders.values():  # warm-up
         rate_batched(encoder, texts[:128], 64)
         rate_single(encoder, singles[:16])
 
-    rounds: dict[str, dict[str, list[float]]] = {key: {v: [] for v in VARIANTS} for key in ("batch64", "single")}
-    for r in range(args.rounds):  # alternate, and swap who goes first, so machine noise hits both alike
-        order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
+    rounds: dict[str, dict[str, list[float]]] = {key: {v: [] for v in variants} for key in ("batch64", "single")}
+    for r in range(args.rounds):  # alternate, and reverse the order, so machine noise hits all alike
+        order = variants if r % 2 == 0 else variants[::-1]
         for name in order:
             rounds["batch64"][name].append(rate_batched(encoders[name], texts, 64))
         for name in order:
             rounds["single"][name].append(rate_single(encoders[name], singles))
         print(
             f"round {r + 1}/{args.rounds}: batch64 "
-            + " ".join(f"{n} {rounds['batch64'][n][-1]:.0f}/s" for n in VARIANTS)
+            + " ".join(f"{n} {rounds['batch64'][n][-1]:.0f}/s" for n in variants)
             + ", single "
-            + " ".join(f"{n} {rounds['single'][n][-1]:.0f}/s" for n in VARIANTS),
+            + " ".join(f"{n} {rounds['single'][n][-1]:.0f}/s" for n in variants),
             flush=True,
         )
     throughput: dict[str, dict] = {}
     for key, per_variant in rounds.items():
-        med = {n: statistics.median(per_variant[n]) for n in VARIANTS}
+        base = statistics.median(per_variant[BASELINE])
         throughput[key] = {
-            "rounds": per_variant,
-            "fp32_texts_per_s": med["fp32"],
-            "int8_texts_per_s": med["int8"],
-            "ratio": med["int8"] / med["fp32"],
-            "per_round_ratio_median": statistics.median(
-                i / f for i, f in zip(per_variant["int8"], per_variant["fp32"])
-            ),
+            n: {
+                "rounds": per_variant[n],
+                "texts_per_s": statistics.median(per_variant[n]),
+                "ratio": statistics.median(per_variant[n]) / base,
+                "per_round_ratio_median": statistics.median(
+                    a / b for a, b in zip(per_variant[n], per_variant[BASELINE])
+                ),
+            }
+            for n in variants
         }
 
     vectors: dict[str, np.ndarray] = {}
     catalogue_rate: dict[str, float] = {}
-    for name in VARIANTS:
+    for name in variants:
         print(f"encoding the catalogue ({len(catalogue)} titles) with {name} ...", flush=True)
         vectors[name], catalogue_rate[name] = encode_all(encoders[name], catalogue)
     throughput["catalogue"] = {
-        "rounds": 1,
-        "fp32_texts_per_s": catalogue_rate["fp32"],
-        "int8_texts_per_s": catalogue_rate["int8"],
-        "ratio": catalogue_rate["int8"] / catalogue_rate["fp32"],
+        n: {"texts_per_s": catalogue_rate[n], "ratio": catalogue_rate[n] / catalogue_rate[BASELINE]} for n in variants
     }
 
-    cosine = np.sum(vectors["fp32"] * vectors["int8"], axis=1)
-    # Dynamic quantization scales activations per batch, so a text's int8 vector depends on the
-    # texts that share its batch: compare each single title encoded alone with it inside a batch.
-    alone_vs_batched = {}
+    queries = rng.choice(len(catalogue), NEIGHBOUR_QUERIES, replace=False)
+    agreement = {n: agreement_of(vectors[BASELINE], vectors[n], queries) for n in variants if n != BASELINE}
+    # Dynamic int8 scales activations per batch, so a text's int8 vector depends on the texts
+    # that share its batch: compare each single title encoded alone with it inside a batch.
     for name, encoder in encoders.items():
         alone = np.concatenate([encoder.encode_items([t]) for t in singles])
         in_batch = np.concatenate([encoder.encode_items(singles[i : i + 64]) for i in range(0, len(singles), 64)])
         same = np.sum(alone * in_batch, axis=1)
-        alone_vs_batched[name] = {"cosine_mean": float(same.mean()), "cosine_min": float(same.min())}
-    queries = rng.choice(len(catalogue), NEIGHBOUR_QUERIES, replace=False)
-    counts, edges = np.histogram(cosine, bins=40)
-    agreement = {
-        "items": len(catalogue),
-        "cosine_mean": float(cosine.mean()),
-        "cosine_p1": float(np.percentile(cosine, 1)),
-        "cosine_min": float(cosine.min()),
-        "top10_neighbour_overlap": neighbour_overlap(vectors["fp32"], vectors["int8"], 10, queries),
-        "neighbour_queries": NEIGHBOUR_QUERIES,
-        "cosine_histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
-        "alone_vs_batch_of_64": alone_vs_batched,
-    }
+        agreement.setdefault(name, {})["alone_vs_batch_of_64"] = {
+            "cosine_mean": float(same.mean()),
+            "cosine_min": float(same.min()),
+        }
 
     print("zero-shot retrieval, warm split ...", flush=True)
     warm = zero_shot(vectors, warm_split(dataset))
@@ -216,16 +232,12 @@ def main() -> int:
     for seed in range(args.cold_seeds):
         print(f"zero-shot retrieval, cold split seed {seed} ...", flush=True)
         cold_runs.append(zero_shot(vectors, cold_item_split(dataset, seed=seed)))
-    cold = {
-        "seeds": list(range(args.cold_seeds)),
-        "per_seed": cold_runs,
-        **{
-            name: {m: float(np.mean([c[name][m] for c in cold_runs])) for m in ("ndcg@10", "recall@20")}
-            for name in VARIANTS
-        },
-        "int8_minus_fp32_ndcg@10": float(np.mean([c["int8_minus_fp32_ndcg@10"] for c in cold_runs])),
-        "int8_minus_fp32_ndcg@10_seed_spread": float(np.std([c["int8_minus_fp32_ndcg@10"] for c in cold_runs])),
-    }
+    cold: dict = {"seeds": list(range(args.cold_seeds)), "per_seed": cold_runs}
+    for name in variants:
+        cold[name] = {m: float(np.mean([c[name][m] for c in cold_runs])) for m in ("ndcg@10", "recall@20")}
+        if name != BASELINE:
+            diffs = [c[name]["minus_fp32_ndcg@10"] for c in cold_runs]
+            cold[name] |= {"minus_fp32_ndcg@10": float(np.mean(diffs)), "seed_spread": float(np.std(diffs))}
 
     result = {
         "command": "python bench/quantization.py " + " ".join(sys.argv[1:]),
@@ -233,6 +245,8 @@ def main() -> int:
         "threads": args.threads,
         "texts": args.texts,
         "singles": args.singles,
+        "variants": variants,
+        "items": len(catalogue),
         "throughput": throughput,
         "agreement": agreement,
         "offline": {"warm": warm, "cold": cold},
@@ -241,30 +255,33 @@ def main() -> int:
     plot(result, path.with_suffix(".png"))
 
     print(f"\nthroughput, texts/s ({args.threads} torch thread(s); median of {args.rounds} alternating rounds)")
-    print(f"{'':<26} {'fp32':>8} {'int8':>8} {'int8/fp32':>10}")
+    print(f"{'':<26} " + " ".join(f"{n:>14}" for n in variants))
     for label, key in (("batches of 64", "batch64"), ("single texts", "single"), ("catalogue (1 pass)", "catalogue")):
-        t = throughput[key]
-        print(f"{label:<26} {t['fp32_texts_per_s']:8.0f} {t['int8_texts_per_s']:8.0f} {t['ratio']:9.2f}x")
-    a = agreement
-    print(
-        f"\nagreement over {a['items']} items: cosine mean {a['cosine_mean']:.4f}, 1st percentile "
-        f"{a['cosine_p1']:.4f}, min {a['cosine_min']:.4f}; top-10 neighbour overlap {a['top10_neighbour_overlap']:.3f}"
-    )
-    for name, same in alone_vs_batched.items():
+        cells = [f"{throughput[key][n]['texts_per_s']:7.0f} ({throughput[key][n]['ratio']:.2f}x)" for n in variants]
+        print(f"{label:<26} " + " ".join(f"{c:>14}" for c in cells))
+    for name in variants:
+        a = agreement[name]
+        if name != BASELINE:
+            print(
+                f"\n{name} vs fp32 over {len(catalogue)} items: cosine mean {a['cosine_mean']:.4f}, 1st percentile "
+                f"{a['cosine_p1']:.4f}, min {a['cosine_min']:.4f}; top-10 neighbour overlap "
+                f"{a['top10_neighbour_overlap']:.3f}"
+            )
+        same = a["alone_vs_batch_of_64"]
         print(
-            f"{name}: the same title alone vs in a batch of 64: cosine mean {same['cosine_mean']:.4f}, "
-            f"min {same['cosine_min']:.4f}"
+            f"{name}: a title alone vs in a batch of 64: "
+            f"cosine mean {same['cosine_mean']:.4f}, min {same['cosine_min']:.4f}"
         )
-    print(f"\nzero-shot {'':<21} {'fp32':>8} {'int8':>8} {'int8-fp32 (SE)':>20}")
-    print(
-        f"{'warm NDCG@10':<31} {warm['fp32']['ndcg@10']:8.4f} {warm['int8']['ndcg@10']:8.4f} "
-        f"{warm['int8_minus_fp32_ndcg@10']:+10.4f} ({warm['int8_minus_fp32_ndcg@10_se']:.4f})"
-    )
-    print(
-        f"{'cold NDCG@10, mean of ' + str(args.cold_seeds) + ' seeds':<31} {cold['fp32']['ndcg@10']:8.4f} "
-        f"{cold['int8']['ndcg@10']:8.4f} {cold['int8_minus_fp32_ndcg@10']:+10.4f} "
-        f"(seed spread {cold['int8_minus_fp32_ndcg@10_seed_spread']:.4f})"
-    )
+    print(f"\nzero-shot NDCG@10 {'':<14} " + " ".join(f"{n:>22}" for n in variants))
+    for label, block in (("warm", warm), (f"cold, {args.cold_seeds} seeds", cold)):
+        cells = []
+        for n in variants:
+            cell = f"{block[n]['ndcg@10']:.4f}"
+            if n != BASELINE:
+                relative = block[n]["minus_fp32_ndcg@10"] / block[BASELINE]["ndcg@10"]
+                cell += f" ({relative:+.1%})"
+            cells.append(cell)
+        print(f"{label:<32} " + " ".join(f"{c:>22}" for c in cells))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
 

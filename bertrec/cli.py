@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="local Hugging Face checkpoint folder (default: packaged MiniLM)")
     serve.add_argument("--device", help="auto, cpu, cuda")
     serve.add_argument(
-        "--quantize", choices=QUANTIZE_MODES, help="int8: dynamic int8 weights on CPU replicas (GPU keeps fp16)"
+        "--quantize", choices=QUANTIZE_MODES, help="CPU replicas: bf16 (native-bf16 CPUs) or int8; GPU: fp16"
     )
     serve.add_argument("--replicas", type=int, help="encoder replicas (default: one per GPU, else per core)")
     serve.add_argument("--ray-address", help="join an existing Ray cluster (auto or host:port)")

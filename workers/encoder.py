@@ -99,12 +99,18 @@ class BertEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         self.model = AutoModel.from_pretrained(str(path), dtype=dtype).to(device).eval()
-        if quantize == "int8" and device.startswith("cuda"):
-            logger.warning("quantize=int8 applies to CPU replicas only; ignored on %s (fp16 there)", device)
+        if quantize != "none" and device.startswith("cuda"):
+            logger.warning("quantize=%s applies to CPU replicas only; ignored on %s (fp16 there)", quantize, device)
+            quantize = "none"
+        if quantize == "bf16" and not cpu_has_native_bf16():
+            # Emulated bf16 is slower than fp32: no gain, only a different vector.
+            logger.warning("quantize=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); using fp32")
             quantize = "none"
         if quantize == "int8":
             self.model = _quantize_int8(self.model)
-        self.quantize = quantize  # what the weights are: "int8" only on CPU, where it was asked for
+        elif quantize == "bf16":
+            self.model = self.model.to(torch.bfloat16)
+        self.quantize = quantize  # what the weights are: "bf16"/"int8" only on CPU, where it was asked for
         self.dim = int(self.model.config.hidden_size)
         self.encoded_texts = 0
 
@@ -120,7 +126,7 @@ class BertEncoder:
         with torch.inference_mode():
             for rows in plan_model_calls(lengths, self.max_batch_tokens, self.call_overhead_tokens):
                 batch = self._padded(tokens, rows)
-                hidden = self.model(**batch).last_hidden_state
+                hidden = self.model(**batch).last_hidden_state.float()  # pool in fp32 whatever the weights
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
@@ -156,10 +162,20 @@ class BertEncoder:
     @property
     def device_label(self) -> str:
         """The device plus the weight format when it is not the device's default, e.g. "cpu-int8"."""
-        return f"{self.device}-int8" if self.quantize == "int8" else self.device
+        return f"{self.device}-{self.quantize}" if self.quantize != "none" else self.device
 
     def health(self) -> dict:
         return {"model": self.model_name, "device": self.device_label, "dim": self.dim}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bf16 matrix products natively on this CPU (AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _quantize_int8(model):

@@ -120,3 +120,37 @@ def test_stored_vectors_are_kept_apart_from_fp32():
     assert pool.fingerprint_suffix == ""  # before start: nothing is known about the replicas
     pool.quantize = "int8"  # what start() reads from the replicas' info
     assert pool.fingerprint_suffix == "-int8"
+
+
+# bf16: measured with the packaged model on 2,048 MovieLens titles, mean cosine to fp32 1.0000,
+# lowest 1% 0.9999. The bounds are far below that and far above int8's 0.97.
+needs_native_bf16 = pytest.mark.skipif(
+    "not __import__('bertrec.workers.encoder', fromlist=['x']).cpu_has_native_bf16()",
+    reason="this CPU has no native bf16 (AVX512-BF16 / AMX); the replica would fall back to fp32",
+)
+
+
+@needs_native_bf16
+def test_bf16_vectors_match_fp32():
+    import torch
+
+    from bertrec.movielens import bundled_path, read_movies
+    from bertrec.workers.encoder import BertEncoder
+
+    titles = [m.text for m in read_movies(bundled_path())][:TITLES]
+    encoder = BertEncoder("", "cpu", quantize="bf16")
+    assert encoder.quantize == "bf16" and encoder.device_label == "cpu-bf16"
+    assert next(encoder.model.parameters()).dtype == torch.bfloat16
+    bf16 = encoder.encode_items(titles)
+    assert bf16.dtype == np.float32
+    cosine = np.sum(BertEncoder("", "cpu").encode_items(titles) * bf16, axis=1)
+    assert cosine.mean() >= 0.999 and cosine.min() >= 0.995, (cosine.mean(), cosine.min())
+
+
+def test_bf16_falls_back_to_fp32_without_native_support(monkeypatch, caplog):
+    from bertrec.workers import encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "cpu_has_native_bf16", lambda: False)
+    encoder = encoder_module.BertEncoder("", "cpu", quantize="bf16")
+    assert (encoder.quantize, encoder.device_label) == ("none", "cpu")
+    assert "needs a CPU with native bf16" in caplog.text
