@@ -46,7 +46,7 @@ class ServedBertrec:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "RAY_AUTH_MODE": "disabled", **(env or {})}
-        self._log = open(log or data_dir.with_suffix(".log"), "ab")
+        self._log = open(log or data_dir.with_suffix(".log"), "ab")  # noqa: SIM115 (closed by stop())
         began = time.perf_counter()
         self.proc = subprocess.Popen(
             [
@@ -64,8 +64,18 @@ class ServedBertrec:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        log_path = log or data_dir.with_suffix(".log")
         with Client(self.target) as client:
-            client.wait_until_serving(900, poll_s=0.1)
+            deadline = time.monotonic() + 900
+            while not client.is_serving():
+                if self.proc.poll() is not None:  # died while starting: say so instead of waiting on
+                    self._log.close()
+                    tail = Path(log_path).read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"bertrec serve exited with {self.proc.returncode} while starting:\n{tail}")
+                if time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise TimeoutError(f"bertrec serve was not SERVING within 900 s (log: {log_path})")
+                time.sleep(0.1)
         self.started_s = time.perf_counter() - began
 
     def stop(self) -> None:
