@@ -112,12 +112,11 @@ class Recommender:
         top-k comes first, ready to send before the re-ranker runs."""
         check_deadline(deadline)
         vector, profile = await self._query_profile(q.user, deadline)
-        store = self.catalog.store
         exclude = set(q.exclude_item_ids)
         if q.exclude_seen:
             exclude.update(q.user.history_item_ids)
             if q.user.user_id:
-                exclude.update(await asyncio.to_thread(store.seen_items, q.user.user_id))
+                exclude.update(await self.profiles.seen(q.user.user_id))
         pool_size = max(q.candidate_pool_size or self.config.default_candidate_pool_size, q.k)
         candidates, items = await self._candidates(vector, pool_size, exclude, q.filters, deadline)
         check_deadline(deadline)
@@ -191,7 +190,8 @@ class Recommender:
         stage = Stage.RETRIEVAL
         reranked = history is not None and self.reranker is not None
         if reranked:
-            scores = await asyncio.to_thread(self.reranker.score, history, vector, id_array, matrix)
+            texts = {i: item.text for i, item in items.items()}  # raw candidate texts have no store row
+            scores = await asyncio.to_thread(self.reranker.score, history, vector, id_array, matrix, texts)
             stage = Stage.RERANKED
         order = order_by_score(scores, id_array)
         id_array, scores, matrix = id_array[order], scores[order], matrix[order]

@@ -55,7 +55,8 @@ class UserProfiles:
         self.max_history = max_history
         self.half_life = half_life
         self.size = size
-        self._cache: OrderedDict[str, tuple[int, UserProfile]] = OrderedDict()
+        # user -> (history key, profile, every item the user interacted with)
+        self._cache: OrderedDict[str, tuple[int, UserProfile, frozenset[int]]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -73,26 +74,38 @@ class UserProfiles:
             return await self._for_user(user_id)
 
     async def _for_user(self, user_id: str) -> UserProfile:
-        # The most recent liked items form the taste; a user who has liked nothing yet is
-        # represented by what they have seen, which beats refusing a known user.
-        entries, key = await asyncio.to_thread(self.store.history, user_id, self.max_history, True)
-        if not entries:
-            seen, key = await asyncio.to_thread(self.store.history, user_id, self.max_history)
-            if not seen:
-                raise NotFound(f"unknown user {user_id!r}: no interactions recorded")
-            entries = [HistoryEntry(e.item_id, e.timestamp, 1.0) for e in seen]
+        # One small query decides whether the cached profile still holds: the key changes with
+        # every interaction of the user, whichever front end recorded it.
+        key = await asyncio.to_thread(self.store.history_key, user_id)
         cached = self._cache.get(user_id)
         if cached is not None and cached[0] == key:
             self.hits += 1
             self._cache.move_to_end(user_id)
             return cached[1]
         self.misses += 1
+        # The most recent liked items form the taste; a user who has liked nothing yet is
+        # represented by what they have seen, which beats refusing a known user.
+        entries, key = await asyncio.to_thread(self.store.history, user_id, self.max_history, True)
+        if not entries:
+            seen_entries, key = await asyncio.to_thread(self.store.history, user_id, self.max_history)
+            if not seen_entries:
+                raise NotFound(f"unknown user {user_id!r}: no interactions recorded")
+            entries = [HistoryEntry(e.item_id, e.timestamp, 1.0) for e in seen_entries]
+        seen = frozenset(await asyncio.to_thread(self.store.seen_items, user_id))
         vectors = await asyncio.to_thread(self.store.get_vectors, [e.item_id for e in entries], self.model)
         profile = pool_history(entries, vectors, self.half_life, self.dim)
-        self._cache[user_id] = (key, profile)
+        self._cache[user_id] = (key, profile, seen)
         if len(self._cache) > self.size:
             self._cache.popitem(last=False)
         return profile
+
+    async def seen(self, user_id: str) -> frozenset[int]:
+        """Every item the user interacted with: from the profile cache that `for_user` just
+        validated in this request, else from the store."""
+        cached = self._cache.get(user_id)
+        if cached is not None:
+            return cached[2]
+        return frozenset(await asyncio.to_thread(self.store.seen_items, user_id))
 
     async def for_history(self, item_ids: tuple[int, ...]) -> UserProfile:
         with stage("user"):

@@ -215,6 +215,10 @@ class PostgresStore:
             key = cur.fetchone()[0]
         return [HistoryEntry(i, ts, w) for i, ts, w in reversed(rows)], key
 
+    def history_key(self, user_id: str) -> int:
+        """The key `history` returns, alone (cheap: one index lookup)."""
+        return self._read("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = %s", (user_id,))[0][0]
+
     def liked_interactions(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         rows = self._read("SELECT user_id, item_id, ts FROM interactions WHERE weight > 0 ORDER BY ts, seq")
         users = [r[0] for r in rows]

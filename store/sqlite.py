@@ -257,6 +257,10 @@ class SQLiteStore:
             conn.execute("COMMIT")
         return [HistoryEntry(i, ts, w) for i, ts, w, _ in reversed(rows)], key
 
+    def history_key(self, user_id: str) -> int:
+        """The key `history` returns, alone (cheap: one index lookup)."""
+        return self._read("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = ?", (user_id,))[0][0]
+
     def liked_interactions(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Every like (weight > 0) as parallel (user ids, item ids, timestamps), oldest first:
         what the re-ranker's collaborative signals are fitted on."""

@@ -49,6 +49,7 @@ def test_history_is_recent_last_and_keyed(open_store):
     store.record_interactions([Interaction("u", 5, timestamp=200)])
     _, key2 = store.history("u", limit=2)
     assert key2 != key
+    assert store.history_key("u") == key2 and store.history_key("nobody") == 0
     assert store.seen_items("u") == {1, 2, 3, 5}
     assert store.counts() == {"items": 5, "users": 1, "interactions": 4}
     assert store.forget_user("u") == 4

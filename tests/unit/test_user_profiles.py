@@ -19,3 +19,37 @@ def test_pool_weights_recent_liked_items():
 def test_no_liked_items_gives_no_vector():
     profile = pool_history([HistoryEntry(1, 1.0, 0.0)], {1: np.ones(2, np.float32)}, 20.0, 2)
     assert profile.vector is None and len(profile.history_ids) == 0
+
+
+def test_cached_profile_costs_one_key_lookup_and_follows_new_interactions(tmp_path):
+    import asyncio
+
+    from bertrec.server.users import UserProfiles
+    from bertrec.store import SQLiteStore
+    from bertrec.types import Interaction, Item
+
+    store = SQLiteStore(tmp_path)
+    rng = np.random.default_rng(0)
+    vectors = {i: v / np.linalg.norm(v) for i, v in enumerate(rng.standard_normal((4, 3)).astype(np.float32), 1)}
+    store.upsert_items([Item(i, f"item {i}") for i in vectors], vectors, "m")
+    store.record_interactions([Interaction("u", 1, 10.0), Interaction("u", 2, 20.0, -1.0)])
+    reads: list[str] = []
+    for name in ("history", "seen_items", "get_vectors"):
+        real = getattr(store, name)
+        setattr(store, name, lambda *a, _real=real, _name=name, **k: reads.append(_name) or _real(*a, **k))
+    profiles = UserProfiles(store, "m", 3, max_history=50, half_life=20.0, size=10)
+
+    async def scenario():
+        first = await profiles.for_user("u")
+        assert await profiles.seen("u") == {1, 2}  # disliked items count as seen
+        reads.clear()
+        again = await profiles.for_user("u")
+        assert again is first and reads == []  # a hit: only the key was read
+        assert await profiles.seen("u") == {1, 2}
+        store.record_interactions([Interaction("u", 3, 30.0)])
+        changed = await profiles.for_user("u")
+        assert sorted(changed.history_ids.tolist()) == [1, 3]
+        assert await profiles.seen("u") == {1, 2, 3}
+
+    asyncio.run(scenario())
+    assert (profiles.hits, profiles.misses) == (1, 2)
