@@ -305,8 +305,21 @@ def _train_reranker(args: argparse.Namespace) -> int:
     model = args.model or default_model_path()
     vectors = encode_catalogue(dataset, model, Path(args.out) / "cache")
     config = RerankTraining(members=args.members, seed=args.seed)
-    card = train_for_serving(dataset, vectors, args.out, model_fingerprint(model), config, seed=args.seed)
-    summary = {k: v for k, v in card["summary"].items() if k != "members"}
+    cross_encoder = None
+    if args.kind == "cross-encoder":
+        from bertrec.rerank.cross_encoder import CrossEncoderTraining
+
+        cross_encoder = CrossEncoderTraining(
+            steps=args.steps,
+            freeze_layers=args.freeze_layers,
+            max_length=args.max_length,
+            top_n=args.top_n,
+            device=args.device,
+            seed=args.seed,
+        )
+    fingerprint = model_fingerprint(model)
+    card = train_for_serving(dataset, vectors, args.out, fingerprint, config, args.seed, cross_encoder)
+    summary = {k: v for k, v in card["summary"].items() if k not in ("members", "losses")}
     print(json.dumps(summary, indent=2))
     print(f"re-ranker: {args.out}  (serve it with: bertrec serve --reranker {args.out})")
     return 0
@@ -417,11 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ray-address", help="Ray cluster for --workers (default: a local Ray)")
     tr.set_defaults(func=_train)
 
-    rr = sub.add_parser("train-reranker", help="train the fusion re-ranker that `serve --reranker` uses")
+    rr = sub.add_parser("train-reranker", help="train the re-ranker (fusion, or cross-encoder) `serve --reranker` uses")
     data_flags(rr)
     rr.add_argument("--out", required=True, help="re-ranker folder")
     rr.add_argument("--model", help="the encoder the service runs (default: packaged MiniLM)")
     rr.add_argument("--members", type=int, default=3, help="independently seeded MLPs averaged")
+    rr.add_argument(
+        "--kind", choices=["fusion", "cross-encoder"], default="fusion", help="cross-encoder: fusion, then BERT pairs"
+    )
+    rr.add_argument("--steps", type=int, default=200, help="cross-encoder training steps")
+    rr.add_argument("--freeze-layers", type=int, default=4, help="cross-encoder: lower layers kept as pretrained")
+    rr.add_argument("--max-length", type=int, default=128, help="cross-encoder: tokens per (history, item) pair")
+    rr.add_argument("--top-n", type=int, default=50, help="cross-encoder: re-scores the fusion model's top-N")
+    rr.add_argument("--device", default="auto", help="cross-encoder training device")
     rr.add_argument("--seed", type=int, default=0)
     rr.set_defaults(func=_train_reranker)
 

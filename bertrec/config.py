@@ -155,6 +155,9 @@ class RerankConfig:
     """Candidates added by prior: observed popularity, or popularity predicted from text for cold items."""
     refit_interval_s: float = 600.0
     """How often the collaborative signals are refitted from the store's interactions."""
+    cross_encoder_top_n: int = 50
+    """With a cross-encoder re-ranker: how many of the fusion model's best candidates it re-scores
+    (one BERT pass per candidate, on the front end's CPU); 0 = the number it was trained for."""
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,8 @@ def validate_config(config: Config) -> None:
     r = config.rerank
     if r.collaborative_candidates < 0 or r.popular_candidates < 0 or r.refit_interval_s <= 0:
         raise ValueError("rerank: collaborative_candidates >= 0, popular_candidates >= 0, refit_interval_s > 0")
+    if r.cross_encoder_top_n < 0:
+        raise ValueError("rerank.cross_encoder_top_n must be >= 0")
 
 
 def check_batching(

@@ -12,7 +12,7 @@ import numpy as np
 
 from bertrec.evaluation import methods as m
 from bertrec.evaluation.data import Dataset
-from bertrec.evaluation.pipeline import PIPELINE, RerankPipeline
+from bertrec.evaluation.pipeline import CASCADE, PIPELINE, CrossEncoderPipeline, RerankPipeline
 from bertrec.evaluation.report import summarise, write
 from bertrec.evaluation.runner import run_method, tune
 from bertrec.evaluation.splits import SPLITS
@@ -30,6 +30,8 @@ ALL_METHODS = (
     "zero-shot + popularity",
     PIPELINE,
 )
+# Run only when named: a BERT pass per (user, candidate) pair is slow on CPU.
+OPTIONAL_METHODS = (CASCADE,)
 # Methods that use no interaction signal for the items they rank: the cold split's text baselines.
 REFERENCE = "zero-shot"
 
@@ -66,7 +68,7 @@ def checkpoint_split(model_path: str) -> tuple[str, int] | None:
     return config["split"], config["split_seed"]
 
 
-TEXT_METHODS = ("zero-shot", "zero-shot + popularity", PIPELINE)
+TEXT_METHODS = ("zero-shot", "zero-shot + popularity", PIPELINE, CASCADE)
 
 
 def _renamed(factory, label: str):
@@ -99,7 +101,9 @@ def make_factory(name: str, vectors: np.ndarray | None, seed: int):
         return lambda **p: m.TextPlusPopularity(vectors, **p)
     if name == PIPELINE:
         return lambda **p: RerankPipeline(vectors, seed=seed)
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
+    if name == CASCADE:
+        return lambda **p: CrossEncoderPipeline(vectors, seed=seed)
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(ALL_METHODS + OPTIONAL_METHODS)}")
 
 
 GRIDS = {
@@ -139,7 +143,7 @@ def run_evaluation(
             for name in method_names:
                 factory = make_factory(name, vectors, seed)
                 if model_path and name in TEXT_METHODS:
-                    label = f"{PIPELINE} (fine-tuned encoder)" if name == PIPELINE else name
+                    label = f"{name} (fine-tuned encoder)" if name in (PIPELINE, CASCADE) else name
                     factory = _renamed(factory, label.replace("zero-shot", "fine-tuned"))
                 if name not in tuned:  # tuned once per split kind, on the first seed's validation data
                     tuned[name] = tune(factory, GRIDS.get(name, [{}]), split)

@@ -59,21 +59,21 @@ def retrieve(
 ) -> np.ndarray:
     """First stage: text neighbours plus collaborative neighbours among `allowed` columns."""
     text = vectors[allowed] @ user.vector
-    picks = [allowed[_top(text, config.text_candidates)]]
+    picks = [allowed[top_indices(text, config.text_candidates)]]
     if collaborative is None:
         collaborative = signals.collaborative_scores(user.history_cols)
     known = allowed[signals.counts_of(allowed) > 0]
     if len(known) and len(user.history_cols):
-        picks.append(known[_top(collaborative[known], config.collaborative_candidates)])
+        picks.append(known[top_indices(collaborative[known], config.collaborative_candidates)])
     if config.popular_candidates:
         # Items text similarity alone would miss: what everyone likes, and cold items whose text
         # predicts they will be liked.
         prior = signals.prior(allowed, vectors[allowed])
-        picks.append(allowed[_top(prior, config.popular_candidates)])
+        picks.append(allowed[top_indices(prior, config.popular_candidates)])
     return np.unique(np.concatenate(picks))
 
 
-def _top(scores: np.ndarray, n: int) -> np.ndarray:
+def top_indices(scores: np.ndarray, n: int) -> np.ndarray:
     if n >= len(scores):
         return np.argsort(-scores)
     part = np.argpartition(-scores, n)[:n]
@@ -91,6 +91,18 @@ class CandidateLists:
     labels: np.ndarray
     mask: np.ndarray
     kinds: list[str] = field(default_factory=list)
+    histories: list[np.ndarray] = field(default_factory=list)  # liked columns, oldest first (cross-encoder text)
+
+    def subset(self, ix: np.ndarray) -> CandidateLists:
+        return CandidateLists(
+            self.scalars[ix],
+            self.cols[ix],
+            self.users[ix],
+            self.labels[ix],
+            self.mask[ix],
+            [self.kinds[i] for i in ix] if self.kinds else [],
+            [self.histories[i] for i in ix] if self.histories else [],
+        )
 
     @classmethod
     def concat(cls, parts: list[CandidateLists]) -> CandidateLists:
@@ -108,6 +120,7 @@ class CandidateLists:
             np.concatenate([pad(p.labels) for p in parts]),
             np.concatenate([pad(p.mask, False) for p in parts]),
             [k for p in parts for k in p.kinds],
+            [h for p in parts for h in p.histories],
         )
 
 
@@ -132,17 +145,18 @@ def build_lists(
         labels = np.isin(cols, list(positives))
         if not labels.any():
             continue  # nothing to learn from a list without a positive
-        rows.append((pair_features(context, cols, vectors[cols], signals), cols, context.vector, labels))
+        features = pair_features(context, cols, vectors[cols], signals)
+        rows.append((features, cols, context.vector, labels, context.history_cols))
     width = max(len(r[1]) for r in rows)
     n = len(rows)
     scalars = np.zeros((n, width, rows[0][0].shape[1]), np.float32)
     cols = np.zeros((n, width), np.int64)
     labels = np.zeros((n, width), np.float32)
     mask = np.zeros((n, width), bool)
-    for i, (s, c, _, y) in enumerate(rows):
+    for i, (s, c, _, y, _) in enumerate(rows):
         scalars[i, : len(c)], cols[i, : len(c)], labels[i, : len(c)], mask[i, : len(c)] = s, c, y, True
     users = np.stack([r[2] for r in rows])
-    return CandidateLists(scalars, cols, users, labels, mask, [kind] * n)
+    return CandidateLists(scalars, cols, users, labels, mask, [kind] * n, [r[4] for r in rows])
 
 
 def user_contexts(interactions: Interactions, vectors: np.ndarray, half_life: float) -> dict[int, UserContext]:
@@ -164,18 +178,18 @@ def context_for(history_cols: np.ndarray, now: float, vectors: np.ndarray, half_
     return UserContext(history_cols, recent, pooled_vector(history_cols, vectors, half_life), now)
 
 
-def _listwise_loss(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     scores = scores.masked_fill(~mask, -1e9)
     log_p = torch.log_softmax(scores, dim=-1)
     return -((log_p * labels).sum(-1) / labels.sum(-1)).mean()
 
 
-def _ndcg10(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
+def ndcg10(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> float:
     scores = np.where(mask, scores, -np.inf)
     top = np.argsort(-scores, axis=1)[:, :10]
     gains = np.take_along_axis(labels, top, axis=1)
-    discounts = 1.0 / np.log2(np.arange(2, 12))
-    ideal = np.array([discounts[: int(min(n, 10))].sum() for n in labels.sum(1)])
+    discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))  # lists may be shorter than 10
+    ideal = np.array([discounts[: int(min(n, top.shape[1]))].sum() for n in labels.sum(1)])
     return float(((gains * discounts).sum(1) / ideal).mean())
 
 
@@ -233,14 +247,14 @@ def _train_member(
         rng.shuffle(fit)
         for start in range(0, len(fit), config.lists_per_step):
             ix = fit[start : start + config.lists_per_step]
-            loss = _listwise_loss(scores_for(ix), t["labels"][ix], t["mask"][ix])
+            loss = listwise_loss(scores_for(ix), t["labels"][ix], t["mask"][ix])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             losses.append(loss.item())
         model.eval()
         with torch.no_grad():
-            held = _ndcg10(scores_for(hold).numpy(), lists.labels[hold], lists.mask[hold])
+            held = ndcg10(scores_for(hold).numpy(), lists.labels[hold], lists.mask[hold])
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "holdout_ndcg@10": held})
         bar.set_postfix(loss=f"{np.mean(losses):.3f}", holdout=f"{held:.4f}")
         if held > best:

@@ -1,5 +1,6 @@
 """The trained re-ranker in the serving path: collaborative signals refitted from the store in the
-background, collaborative candidates, and fusion-model scores for a user's candidates."""
+background, collaborative candidates, and fusion-model scores for a user's candidates; with a
+cross-encoder folder, the cross-encoder then re-scores the fusion model's top-N."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from bertrec.config import RerankConfig
+from bertrec.rerank.cross_encoder import history_text
 from bertrec.rerank.features import RECENT_HISTORY, UserContext, pair_features
-from bertrec.rerank.model import FusionReranker
+from bertrec.rerank.loading import load_reranker
 from bertrec.rerank.signals import Interactions, ItemSignals
 from bertrec.store import HistoryEntry, Store
 
@@ -36,7 +38,10 @@ class FittedSignals:
 
 class ServingReranker:
     def __init__(self, path: str, store: Store, config: RerankConfig, half_life: float):
-        self.model, self.card = FusionReranker.load(path)
+        loaded = load_reranker(path)
+        self.kind = loaded.kind
+        self.model, self.card = loaded.fusion, loaded.fusion_card
+        self.cascade = loaded.cascade  # None for a fusion folder
         self.name = Path(path).name
         self.store = store
         self.config = config
@@ -122,12 +127,39 @@ class ServingReranker:
         return out
 
     def score(
-        self, history: list[HistoryEntry], user_vector: np.ndarray, ids: np.ndarray, vectors: np.ndarray
+        self,
+        history: list[HistoryEntry],
+        user_vector: np.ndarray,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        texts: dict[int, str] | None = None,
     ) -> np.ndarray:
-        """Fusion-model scores; items unknown to the signals (new, or raw texts) are scored as cold."""
+        """Fusion-model scores; items unknown to the signals (new, or raw texts) are scored as cold.
+        A cross-encoder then re-scores the fusion top-N (`rerank.cross_encoder_top_n`), with item
+        texts from `texts` or the store (blocking: call off the event loop)."""
         fitted = self.fitted
         assert fitted is not None
         context = self._context(fitted, history, user_vector)
         cols = np.array([fitted.column.get(int(i), -1) for i in ids], np.int64)
         scalars = pair_features(context, cols, vectors, fitted.signals)
-        return self.model.score(scalars, user_vector, vectors.astype(np.float32))
+        scores = self.model.score(scalars, user_vector, vectors.astype(np.float32))
+        if self.cascade is None:
+            return scores
+        return self._cross_encode(history, ids, scores, texts or {})
+
+    def _cross_encode(
+        self, history: list[HistoryEntry], ids: np.ndarray, scores: np.ndarray, texts: dict[int, str]
+    ) -> np.ndarray:
+        cascade = self.cascade
+        assert cascade is not None
+        top = cascade.top(scores, self.config.cross_encoder_top_n)
+        model = cascade.cross_encoder
+        liked = [e.item_id for e in history if e.weight > 0][-model.history_items :] if model.history_items else []
+        wanted = [i for i in dict.fromkeys([*liked, *(int(i) for i in ids[top])]) if i not in texts]
+        if wanted:
+            texts = {**texts, **{i: item.text for i, item in self.store.get_items(wanted).items()}}
+        keep = np.array([int(ids[t]) in texts for t in top], bool)  # deleted since retrieval: no text
+        top = top[keep]
+        user = history_text([texts[i] for i in liked if i in texts], model.history_items)
+        second = model.score(user, [texts[int(ids[t])] for t in top])
+        return cascade.combine(scores, top, second)

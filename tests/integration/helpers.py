@@ -118,3 +118,40 @@ def seed_service(client: Client, items: int = 200) -> tuple[list[str], list[int]
     for start in range(0, len(ratings), 500):  # make_config's per-request limit
         client.record_interactions(ratings[start : start + 500])
     return sorted({r.user_id for r in ratings})[:50], sorted(ids)
+
+
+def ingest_and_wait_for_reranker(client: Client, server, items, ratings, timeout_s: float = 60.0) -> None:
+    """Upsert `items` and `ratings`, then wait until the server's trained re-ranker has refitted
+    its signals on them (a ServerThread with `rerank.path` set)."""
+    client.upsert_items(items)
+    for start in range(0, len(ratings), 500):  # make_config's per-request limit
+        client.record_interactions(ratings[start : start + 500])
+    ingested = client.info().store_version
+    deadline = time.monotonic() + timeout_s
+    while not (server.state.reranker.fitted and server.state.reranker.fitted.store_version >= ingested):
+        assert time.monotonic() < deadline, "re-ranker signals were never refitted after ingestion"
+        time.sleep(0.2)
+
+
+def slice_dataset(items: int = CATALOGUE_SIZE):
+    """The first `items` test movies and their ratings as an evaluation Dataset, with their vectors
+    from the packaged encoder: (dataset, vectors, ratings)."""
+    import numpy as np
+
+    from bertrec.evaluation.data import Dataset
+    from bertrec.workers.encoder import BertEncoder, default_model_path
+
+    catalog, ratings = catalogue()
+    catalog = catalog[:items]
+    ids = {i.id for i in catalog}
+    ratings = [r for r in ratings if r.item_id in ids]
+    ds = Dataset(
+        catalog,
+        np.array([r.user_id for r in ratings]),
+        np.array([r.item_id for r in ratings], np.int64),
+        np.array([r.timestamp for r in ratings], np.float64),
+        np.array([r.weight for r in ratings], np.float32),
+        positive_threshold=1.0,  # demo weights are rating - 3: rating >= 4 is a positive
+    )
+    vectors = BertEncoder(default_model_path(), "cpu").encode_items([i.text for i in catalog])
+    return ds, vectors, ratings

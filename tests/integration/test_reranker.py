@@ -4,13 +4,9 @@ and can stream the retrieval stage before the re-ranked one."""
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import pytest
 
 from bertrec.client import Client
-from bertrec.evaluation.data import Dataset
 from bertrec.evaluation.methods import Popularity, Random
 from bertrec.evaluation.pipeline import RerankPipeline, train_for_serving
 from bertrec.evaluation.runner import run_method
@@ -18,8 +14,8 @@ from bertrec.evaluation.splits import warm_split
 from bertrec.rerank.training import RerankTraining
 from bertrec.server.state import model_fingerprint
 from bertrec.types import Stage
-from bertrec.workers.encoder import BertEncoder, default_model_path
-from tests.integration.helpers import catalogue, make_config
+from bertrec.workers.encoder import default_model_path
+from tests.integration.helpers import ingest_and_wait_for_reranker, make_config, slice_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +24,7 @@ SMALL = RerankTraining(members=1, epochs=12, patience=4)
 
 @pytest.fixture(scope="module")
 def slice_data():
-    items, ratings = catalogue()
-    ds = Dataset(
-        items,
-        np.array([r.user_id for r in ratings]),
-        np.array([r.item_id for r in ratings], np.int64),
-        np.array([r.timestamp for r in ratings], np.float64),
-        np.array([r.weight for r in ratings], np.float32),
-        positive_threshold=1.0,  # demo weights are rating - 3: rating >= 4 is a positive
-    )
-    vectors = BertEncoder(default_model_path(), "cpu").encode_items([i.text for i in items])
-    return ds, vectors, ratings
+    return slice_dataset()
 
 
 def test_pipeline_beats_random_and_popularity_offline(slice_data):
@@ -61,14 +47,7 @@ def test_trained_reranker_serves(slice_data, ray_cluster, server_thread_factory,
     client = Client(server.target, timeout_s=120)
     try:
         server.wait_ready(client)
-        client.upsert_items(ds.items)
-        for start in range(0, len(ratings), 500):
-            client.record_interactions(ratings[start : start + 500])
-        ingested = client.info().store_version
-        deadline = time.monotonic() + 60
-        while not (server.state.reranker.fitted and server.state.reranker.fitted.store_version >= ingested):
-            assert time.monotonic() < deadline, "re-ranker signals were never refitted after ingestion"
-            time.sleep(0.2)
+        ingest_and_wait_for_reranker(client, server, ds.items, ratings)
         info = client.info()
         assert info.reranker == "rr" and info.reranker_ready
 
