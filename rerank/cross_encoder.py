@@ -172,9 +172,9 @@ class CrossEncoder(nn.Module):
         out = np.zeros(len(items), np.float32)
         if not len(items):
             return out
-        lengths = [len(h) + len(i) for h, i in zip(self.token_ids(histories), self.token_ids(items))]
-        order = np.argsort(lengths, kind="stable")
-        with self._lock:
+        with self._lock:  # the token cache and the tokenizer are shared too, not only the weights
+            lengths = [len(h) + len(i) for h, i in zip(self.token_ids(histories), self.token_ids(items))]
+            order = np.argsort(lengths, kind="stable")
             self.eval()
             for start in range(0, len(order), batch_pairs):
                 ix = order[start : start + batch_pairs]
@@ -421,7 +421,6 @@ def train_cascade(
         config.init_from, max_length=config.max_length, pooling=config.pooling, history_items=config.history_items
     )
     ce_summary = train_cross_encoder(model, fit, texts, config, first_stage_scores(fusion, fit, vectors))
-    model.to("cpu")
     if n_mix:
         weights, mix_summary = choose_mix(model, held, texts, first_stage_scores(fusion, held, vectors), config)
     else:
