@@ -1,6 +1,6 @@
 """Load and soak: a mixed load on the demo service for a while, with memory sampled throughout.
 
-    python bench/load.py [--duration 600] [--clients 8] [--quick]
+    python bench/load.py [--duration 600] [--clients 8] [--mix recommend=0.8,rerank=0.2] [--out NAME] [--quick]
 
 Serves the bundled MovieLens-small demo (`bertrec serve`, local Ray, defaults) in its own
 process, then runs `--clients` SDK callers (recommend 60%, rerank 20%, upsert 10%,
@@ -82,6 +82,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true", help="60 s, sampled every 5 s")
+    parser.add_argument(
+        "--mix",
+        default="recommend=0.6,rerank=0.2,upsert=0.1,interact=0.1",
+        help="operation=share,...; without upsert/interact the catalogue stays the same size",
+    )
+    parser.add_argument("--out", default="load", help="result name: bench/results/<out>.json and .png")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.sample_s = 60.0, 5.0
@@ -95,7 +101,8 @@ def main() -> None:
         print("starting the demo service (encodes the catalogue on first start) ...", flush=True)
         server = ServedBertrec(Path(tmp) / "data")
         try:
-            load = LoadGenerator(server.target, users, item_ids, clients=args.clients, max_retries=0)
+            mix = {op: float(share) for op, share in (part.split("=") for part in args.mix.split(","))}
+            load = LoadGenerator(server.target, users, item_ids, clients=args.clients, mix=mix, max_retries=0)
             samples = [{"t_s": 0.0, **memory(server.proc.pid), "ok_per_s": 0.0, "errors": 0}]
             load.start()
             began = time.monotonic()
@@ -127,18 +134,19 @@ def main() -> None:
         f"memory: start {start:.0f} MB, mid-run {warm:.0f} MB, end {end:.0f} MB; second-half slope {slope:+.2f} MB/min"
     )
     path = write_results(
-        "load",
+        args.out,
         {
             "command": " ".join(["python bench/load.py", *sys.argv[1:]]),
             "duration_s": args.duration,
             "clients": args.clients,
+            "mix": args.mix,
             "summary": summary,
             "memory_slope_mb_per_min_second_half": round(slope, 3),
             "samples": samples,
         },
     )
-    plot(samples, RESULTS / "load.png")
-    print(f"wrote {path} and {RESULTS / 'load.png'}")
+    plot(samples, RESULTS / f"{args.out}.png")
+    print(f"wrote {path} and {RESULTS / args.out}.png")
 
 
 if __name__ == "__main__":
