@@ -421,6 +421,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=300, help="synthetic users with 20-50 likes each")
     parser.add_argument("--index", default="Flat", help="FAISS factory string, for the server and the baseline")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2k and 5k items, 200 requests, 100 users")
+    parser.add_argument("--out", default="", help="result name (default recommend, or recommend-quick)")
     args = parser.parse_args()
     if os.environ.get("BERTREC_MODEL_PATH") or os.environ.get("BERTREC_MODEL_QUANTIZE", "none") != "none":
         # The stored vectors are the packaged fp32 model's: another model would re-encode every item.
@@ -431,7 +432,7 @@ def main() -> int:
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.replicas = [int(r) for r in args.replicas.split(",") if r.strip()]
     args.replica_size = args.replica_size or args.sizes[len(args.sizes) // 2]
-    name = "recommend-quick" if args.quick else "recommend"
+    name = args.out or ("recommend-quick" if args.quick else "recommend")
     args.log = RESULTS / f"{name}-server.log"
     args.log.unlink(missing_ok=True)
 
