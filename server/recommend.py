@@ -118,10 +118,13 @@ class Recommender:
             if q.user.user_id:
                 exclude.update(await self.profiles.seen(q.user.user_id))
         pool_size = max(q.candidate_pool_size or self.config.default_candidate_pool_size, q.k)
-        candidates, items = await self._candidates(vector, pool_size, exclude, q.filters, deadline)
+        candidates, items, index_scores = await self._candidates(vector, pool_size, exclude, q.filters, deadline)
         check_deadline(deadline)
         reranker = self._active_reranker()
         if reranker is None:
+            if q.diversity == 0 and self.catalog.index.exact_scores:
+                yield await self._top_by_index(vector, profile, candidates, items, index_scores, q), True
+                return
             yield await self._score(vector, profile, candidates, items, q.k, q.diversity, q.include_items), True
             return
         if q.retrieval_first:
@@ -145,7 +148,8 @@ class Recommender:
         exclude: set[int],
         filters: tuple[MetadataFilter, ...],
         deadline: float | None,
-    ) -> tuple[list[int], dict[int, Item]]:
+    ) -> tuple[list[int], dict[int, Item], dict[int, float]]:
+        """(candidate ids in index order, items read for filtering, the index's score of each)."""
         index = self.catalog.index
         assert index is not None
         fetch = pool_size + len(exclude)
@@ -154,15 +158,36 @@ class Recommender:
             check_deadline(deadline)
             fetch = min(fetch, len(index))
             with timed("search"):
-                _, found = await self.catalog.search(vector[None, :], fetch)
-            ids = [int(i) for i in found[0] if i >= 0 and int(i) not in exclude]
+                found_scores, found = await self.catalog.search(vector[None, :], fetch)
+            scores = {int(i): float(s) for i, s in zip(found[0], found_scores[0]) if i >= 0 and int(i) not in exclude}
+            ids = list(scores)
             if filters:
                 items = await asyncio.to_thread(self.catalog.store.get_items, ids)
                 ids = [i for i in ids if i in items and _metadata_matches(items[i].metadata, filters)]
             if len(ids) >= pool_size or fetch >= len(index):
-                return ids[:pool_size], items
+                break
             fetch *= 4
-        return ids[:pool_size], items
+        ids = ids[:pool_size]
+        return ids, items, {i: scores[i] for i in ids}
+
+    async def _top_by_index(
+        self,
+        vector: np.ndarray,
+        profile: UserProfile,
+        candidates: list[int],
+        items: dict[int, Item],
+        index_scores: dict[int, float],
+        q: RecommendQuery,
+    ) -> list[ScoredItem]:
+        """The index's scores are exact already: order by them and read only the top k's vectors
+        (for the "because" explanation) instead of re-scoring the whole candidate pool."""
+        ids = np.asarray(candidates, dtype=np.int64)
+        scores = np.asarray([index_scores[i] for i in candidates], dtype=np.float32)
+        top = ids[order_by_score(scores, ids)][: q.k].tolist()
+        result = await self._score(vector, profile, top, items, q.k, 0.0, q.include_items)
+        if len(result) < min(q.k, len(candidates)):  # some were deleted since the search
+            return await self._score(vector, profile, candidates, items, q.k, 0.0, q.include_items)
+        return result
 
     async def _score(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,12 @@ class VectorIndex(Protocol):
     def __len__(self) -> int: ...
 
     def save(self, folder: Path, version: int, extra_meta: dict | None = None) -> None: ...
+
+
+def scores_are_exact(factory: str) -> bool:
+    """Whether an index of this factory string keeps every vector in full (Flat, HNSW32,
+    IVF1024,Flat) rather than compressed (PQ, SQ, LSH, residual quantizers)."""
+    return re.search(r"PQ|SQ|LSH|RQ|LSQ|RaBitQ", factory, re.IGNORECASE) is None
 
 
 class FaissIndex:
@@ -71,6 +78,12 @@ class FaissIndex:
     @property
     def device(self) -> str:
         return f"cuda x{self.gpus}" if self.gpus else "cpu"
+
+    @property
+    def exact_scores(self) -> bool:
+        """True when search scores are exact inner products of the stored vectors (CPU indexes that
+        keep vectors in full), so nothing needs re-scoring; GPU copies keep float16."""
+        return scores_are_exact(self.factory) and not self.gpus
 
     def _apply_search_params(self) -> None:
         faiss = self._faiss

@@ -14,7 +14,7 @@ import numpy as np
 
 from bertrec.config import IndexConfig
 from bertrec.errors import WorkerLost
-from bertrec.workers.index import FaissIndex, checked_batch
+from bertrec.workers.index import FaissIndex, checked_batch, scores_are_exact
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +262,10 @@ class ShardedIndex:
     def __contains__(self, item_id: int) -> bool:
         shard = int(shard_of(np.array([item_id]), len(self.shards))[0])
         return bool(self._call([self.shards[shard].contains.remote(self.table, int(item_id))])[0])
+
+    @property
+    def exact_scores(self) -> bool:
+        return scores_are_exact(self.factory) and "cuda" not in self.device
 
     @property
     def sizes(self) -> list[int]:

@@ -58,6 +58,13 @@ def test_recommend_streams_complete_ordered_unseen_results(service):
     stored = server.state.store.get_vectors([r.item_id for r in results], server.state.catalog.model)
     for r in results:
         assert r.score == pytest.approx(float(stored[r.item_id] @ user_vector), abs=1e-5)
+    # The Flat index's scores are exact, so the top k comes straight from them; re-scoring the
+    # whole pool (the path of compressed indexes and of MMR, here with a negligible diversity)
+    # gives the same list.
+    assert server.state.catalog.index.exact_scores
+    rescored = list(client.recommend(user, k=25, diversity=1e-9))
+    assert [r.item_id for r in rescored] == [r.item_id for r in results]
+    assert [r.score for r in rescored] == pytest.approx(scores, abs=1e-5)
 
 
 def test_exclude_seen_off_and_explicit_history(service):

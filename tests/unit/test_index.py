@@ -95,3 +95,14 @@ def test_ivf_needs_enough_training_vectors():
     index = FaissIndex(8, "IVF64,Flat", use_gpu="no")
     with pytest.raises(ValueError, match="at least 64"):
         index.add(np.arange(1, 10), np.ones((9, 8), np.float32))
+
+
+@pytest.mark.parametrize(
+    "factory, exact",
+    [("Flat", True), ("HNSW32", True), ("IVF1024,Flat", True), ("IVF1024,PQ32", False),
+     ("HNSW32_PQ16", False), ("IVF256,SQ8", False), ("PQ48np", False), ("LSH", False)],
+)  # fmt: skip
+def test_which_indexes_score_exactly(factory, exact):
+    from bertrec.workers.index import scores_are_exact
+
+    assert scores_are_exact(factory) is exact
