@@ -120,7 +120,10 @@ def test_concurrent_streams_during_graceful_stop(ray_cluster, server_thread_fact
     caller.start()
     import time
 
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60
+    while server.server.admission.in_flight < 1:  # the encode call has reached the server
+        assert time.monotonic() < deadline and caller.is_alive(), "the encode call never arrived"
+        time.sleep(0.01)
     health: list[tuple[bool, bool]] = []  # (serving, the stream still running) as a probe saw them
     watching = threading.Event()
 
