@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from bertrec.store.base import HistoryEntry, ItemRecord
+from bertrec.store.sql_reads import SharedReads
 from bertrec.store.sqlite import text_hash
 from bertrec.types import Interaction, Item
 
@@ -55,8 +56,10 @@ UPSERT_VECTOR = (
 )
 
 
-class PostgresStore:
+class PostgresStore(SharedReads):
     """One connection per calling thread (the server calls the store from worker threads)."""
+
+    P = "%s"
 
     def __init__(self, url: str):
         import psycopg
@@ -95,9 +98,6 @@ class PostgresStore:
     def _bump_version(cur) -> int:
         cur.execute("UPDATE meta SET value = value + 1 WHERE key = 'version' RETURNING value")
         return cur.fetchone()[0]
-
-    def version(self) -> int:
-        return self._read("SELECT value FROM meta WHERE key = 'version'")[0][0]
 
     # Items
     def get_item_records(self, ids: Sequence[int], model: str = "") -> dict[int, ItemRecord]:
@@ -157,9 +157,6 @@ class PostgresStore:
             cur.execute("DELETE FROM item_vectors WHERE item_id = ANY(%s)", (ids,))
             return deleted, self._bump_version(cur)
 
-    def get_items(self, ids: Sequence[int]) -> dict[int, Item]:
-        return {i: r.item for i, r in self.get_item_records(ids).items()}
-
     def existing_ids(self, ids: Sequence[int]) -> set[int]:
         return {r[0] for r in self._read("SELECT id FROM items WHERE id = ANY(%s)", ([int(i) for i in ids],))}
 
@@ -169,30 +166,6 @@ class PostgresStore:
             (model, [int(i) for i in ids]),
         )
         return {i: np.frombuffer(blob, dtype=np.float32) for i, blob in rows}
-
-    def iter_vectors(self, model: str, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        last = -(2**63)
-        while True:
-            rows = self._read(
-                "SELECT item_id, vector FROM item_vectors WHERE model = %s AND item_id > %s ORDER BY item_id LIMIT %s",
-                (model, last, batch),
-            )
-            if not rows:
-                return
-            yield (
-                np.array([r[0] for r in rows], dtype=np.int64),
-                np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]),
-            )
-            last = rows[-1][0]
-
-    def items_without_vector(self, model: str) -> list[Item]:
-        rows = self._read(
-            "SELECT i.id, i.text, i.metadata FROM items i LEFT JOIN item_vectors v "
-            "ON v.item_id = i.id AND v.model = %s WHERE v.text_hash IS NULL OR v.text_hash != i.text_hash "
-            "ORDER BY i.id",
-            (model,),
-        )
-        return [Item(i, text, json.loads(meta)) for i, text, meta in rows]
 
     # Interactions
     def record_interactions(self, interactions: Sequence[Interaction]) -> int:
@@ -214,20 +187,6 @@ class PostgresStore:
             cur.execute("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = %s", (user_id,))
             key = cur.fetchone()[0]
         return [HistoryEntry(i, ts, w) for i, ts, w in reversed(rows)], key
-
-    def history_key(self, user_id: str) -> int:
-        """The key `history` returns, alone (cheap: one index lookup)."""
-        return self._read("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = %s", (user_id,))[0][0]
-
-    def liked_interactions(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        rows = self._read("SELECT user_id, item_id, ts FROM interactions WHERE weight > 0 ORDER BY ts, seq")
-        users = [r[0] for r in rows]
-        items = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-        times = np.fromiter((r[2] for r in rows), np.float64, len(rows))
-        return users, items, times
-
-    def seen_items(self, user_id: str) -> set[int]:
-        return {r[0] for r in self._read("SELECT DISTINCT item_id FROM interactions WHERE user_id = %s", (user_id,))}
 
     def forget_user(self, user_id: str) -> int:
         with self._transaction() as cur:

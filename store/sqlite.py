@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bertrec.store.base import HistoryEntry, ItemRecord
+from bertrec.store.sql_reads import SharedReads
 from bertrec.types import Interaction, Item
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def _chunks(seq: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
         yield seq[i : i + size]
 
 
-class SQLiteStore:
+class SQLiteStore(SharedReads):
     """Writes go through one connection behind a lock (SQLite has one writer at a time); reads
     use one connection per calling thread, so concurrent requests read in parallel (WAL readers
     never wait for each other or for the writer).
@@ -67,6 +68,8 @@ class SQLiteStore:
     WAL with synchronous=FULL makes each commit durable before the call returns, so an
     acknowledged write survives a crash of the process or the machine.
     """
+
+    P = "?"
 
     def __init__(self, data_dir: str | Path):
         self.path = Path(data_dir) / "bertrec.sqlite3"
@@ -109,9 +112,6 @@ class SQLiteStore:
     def _bump_version(conn: sqlite3.Connection) -> int:
         conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
         return conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0]
-
-    def version(self) -> int:
-        return self._read("SELECT value FROM meta WHERE key = 'version'")[0][0]
 
     # Items
     def get_item_records(self, ids: Sequence[int], model: str = "") -> dict[int, ItemRecord]:
@@ -183,9 +183,6 @@ class SQLiteStore:
 
         return self._write(write)
 
-    def get_items(self, ids: Sequence[int]) -> dict[int, Item]:
-        return {i: r.item for i, r in self.get_item_records(ids).items()}
-
     def existing_ids(self, ids: Sequence[int]) -> set[int]:
         out: set[int] = set()
         for part in _chunks(list(ids)):
@@ -202,30 +199,6 @@ class SQLiteStore:
             )
             out.update((i, np.frombuffer(blob, dtype=np.float32)) for i, blob in rows)
         return out
-
-    def iter_vectors(self, model: str, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        last = -(2**63)
-        while True:
-            rows = self._read(
-                "SELECT item_id, vector FROM item_vectors WHERE model = ? AND item_id > ? ORDER BY item_id LIMIT ?",
-                (model, last, batch),
-            )
-            if not rows:
-                return
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-            yield ids, vectors
-            last = rows[-1][0]
-
-    def items_without_vector(self, model: str) -> list[Item]:
-        """Items whose current text has no vector from `model`."""
-        rows = self._read(
-            "SELECT i.id, i.text, i.metadata FROM items i LEFT JOIN item_vectors v "
-            "ON v.item_id = i.id AND v.model = ? WHERE v.text_hash IS NULL OR v.text_hash != i.text_hash "
-            "ORDER BY i.id",
-            (model,),
-        )
-        return [Item(i, text, json.loads(meta)) for i, text, meta in rows]
 
     # Interactions
     def record_interactions(self, interactions: Sequence[Interaction]) -> int:
@@ -256,22 +229,6 @@ class SQLiteStore:
         finally:
             conn.execute("COMMIT")
         return [HistoryEntry(i, ts, w) for i, ts, w, _ in reversed(rows)], key
-
-    def history_key(self, user_id: str) -> int:
-        """The key `history` returns, alone (cheap: one index lookup)."""
-        return self._read("SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = ?", (user_id,))[0][0]
-
-    def liked_interactions(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Every like (weight > 0) as parallel (user ids, item ids, timestamps), oldest first:
-        what the re-ranker's collaborative signals are fitted on."""
-        rows = self._read("SELECT user_id, item_id, ts FROM interactions WHERE weight > 0 ORDER BY ts, seq")
-        users = [r[0] for r in rows]
-        items = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-        times = np.fromiter((r[2] for r in rows), np.float64, len(rows))
-        return users, items, times
-
-    def seen_items(self, user_id: str) -> set[int]:
-        return {r[0] for r in self._read("SELECT DISTINCT item_id FROM interactions WHERE user_id = ?", (user_id,))}
 
     def forget_user(self, user_id: str) -> int:
         return self._write(lambda c: c.execute("DELETE FROM interactions WHERE user_id = ?", (user_id,)).rowcount)
