@@ -15,7 +15,7 @@ from bertrec.config import IndexConfig
 from bertrec.errors import WorkerLost
 from bertrec.server.search_batching import SearchBatcher
 from bertrec.store import Store
-from bertrec.store.sqlite import text_hash
+from bertrec.store.sql_reads import text_hash
 from bertrec.types import DeleteSummary, Item, UpsertSummary
 from bertrec.workers.index import FaissIndex
 from bertrec.workers.shards import load_index, make_index, snapshot_meta

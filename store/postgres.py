@@ -18,8 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from bertrec.store.base import HistoryEntry, ItemRecord
-from bertrec.store.sql_reads import SharedReads
-from bertrec.store.sqlite import text_hash
+from bertrec.store.sql_reads import SharedReads, item_rows, vector_rows
 from bertrec.types import Interaction, Item
 
 SCHEMA = """
@@ -112,37 +111,19 @@ class PostgresStore(SharedReads):
         }
 
     def upsert_items(self, items: Sequence[Item], vectors: dict[int, np.ndarray], model: str) -> int:
-        now = time.time()
-        item_rows = [
-            (
-                item.id,
-                item.text,
-                json.dumps(item.metadata, sort_keys=True, ensure_ascii=False),
-                text_hash(item.text),
-                now,
-            )
-            for item in items
-        ]
-        texts = {item.id: item.text for item in items}
         with self._transaction() as cur:
             cur.executemany(
                 "INSERT INTO items (id, text, metadata, text_hash, updated_at) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, metadata = EXCLUDED.metadata, "
                 "text_hash = EXCLUDED.text_hash, updated_at = EXCLUDED.updated_at",
-                item_rows,
+                item_rows(items),
             )
-            cur.executemany(UPSERT_VECTOR, self._vector_rows(vectors, texts, model))
+            cur.executemany(UPSERT_VECTOR, vector_rows(vectors, {item.id: item.text for item in items}, model))
             return self._bump_version(cur)
-
-    @staticmethod
-    def _vector_rows(vectors: dict[int, np.ndarray], texts: dict[int, str], model: str) -> list[tuple]:
-        return [
-            (model, int(i), text_hash(texts[i]), np.asarray(v, dtype=np.float32).tobytes()) for i, v in vectors.items()
-        ]
 
     def put_vectors(self, vectors: dict[int, np.ndarray], texts: dict[int, str], model: str) -> None:
         with self._transaction() as cur:
-            cur.executemany(UPSERT_VECTOR, self._vector_rows(vectors, texts, model))
+            cur.executemany(UPSERT_VECTOR, vector_rows(vectors, texts, model))
 
     def drop_vectors_except(self, model: str) -> int:
         with self._transaction() as cur:

@@ -1,15 +1,36 @@
-"""The reads both SQL stores write the same way: only the parameter mark differs ("?" for SQLite,
-"%s" for PostgreSQL). Each store supplies `_read(sql, params)` and its mark `P`."""
+"""What both SQL stores do the same way: the rows they write, and the reads whose SQL differs only
+in the parameter mark ("?" for SQLite, "%s" for PostgreSQL). Each store supplies `_read(sql,
+params)` and its mark `P`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from bertrec.store.base import ItemRecord
 from bertrec.types import Item
+
+
+def text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def item_rows(items: Sequence[Item]) -> list[tuple]:
+    """(id, text, metadata JSON, text hash, updated_at) per item, for the items table."""
+    now = time.time()
+    return [
+        (item.id, item.text, json.dumps(item.metadata, sort_keys=True, ensure_ascii=False), text_hash(item.text), now)
+        for item in items
+    ]
+
+
+def vector_rows(vectors: dict[int, np.ndarray], texts: dict[int, str], model: str) -> list[tuple]:
+    """(model, item id, hash of the text it was made from, float32 bytes) per vector."""
+    return [(model, int(i), text_hash(texts[i]), np.asarray(v, dtype=np.float32).tobytes()) for i, v in vectors.items()]
 
 
 class SharedReads:

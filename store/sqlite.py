@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sqlite3
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bertrec.store.base import HistoryEntry, ItemRecord
-from bertrec.store.sql_reads import SharedReads
+from bertrec.store.sql_reads import SharedReads, item_rows, vector_rows
 from bertrec.types import Interaction, Item
 
 logger = logging.getLogger(__name__)
@@ -49,10 +48,6 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('version', 0);
 """
 
 _CHUNK = 500  # SQLite caps bound parameters per statement
-
-
-def text_hash(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def _chunks(seq: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
@@ -131,38 +126,24 @@ class SQLiteStore(SharedReads):
 
     def upsert_items(self, items: Sequence[Item], vectors: dict[int, np.ndarray], model: str) -> int:
         """Write items, and `model`'s vectors for those in `vectors`. Returns the new version."""
-        now = time.time()
-        item_rows = [
-            (
-                item.id,
-                item.text,
-                json.dumps(item.metadata, sort_keys=True, ensure_ascii=False),
-                text_hash(item.text),
-                now,
-            )
-            for item in items
-        ]
-        texts = {item.id: item.text for item in items}
-        vector_rows = [
-            (model, item_id, text_hash(texts[item_id]), np.asarray(v, dtype=np.float32).tobytes())
-            for item_id, v in vectors.items()
-        ]
+        rows = item_rows(items)
+        vectors_rows = vector_rows(vectors, {item.id: item.text for item in items}, model)
 
         def write(conn: sqlite3.Connection) -> int:
             conn.executemany(
                 "INSERT INTO items (id, text, metadata, text_hash, updated_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET text = excluded.text, metadata = excluded.metadata, "
                 "text_hash = excluded.text_hash, updated_at = excluded.updated_at",
-                item_rows,
+                rows,
             )
-            conn.executemany("INSERT OR REPLACE INTO item_vectors VALUES (?, ?, ?, ?)", vector_rows)
+            conn.executemany("INSERT OR REPLACE INTO item_vectors VALUES (?, ?, ?, ?)", vectors_rows)
             return self._bump_version(conn)
 
         return self._write(write)
 
     def put_vectors(self, vectors: dict[int, np.ndarray], texts: dict[int, str], model: str) -> None:
         """Store `model`'s vectors for existing items (a model swap re-encoding the catalogue)."""
-        rows = [(model, i, text_hash(texts[i]), np.asarray(v, dtype=np.float32).tobytes()) for i, v in vectors.items()]
+        rows = vector_rows(vectors, texts, model)
         self._write(lambda c: c.executemany("INSERT OR REPLACE INTO item_vectors VALUES (?, ?, ?, ?)", rows))
 
     def drop_vectors_except(self, model: str) -> int:
