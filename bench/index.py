@@ -13,7 +13,9 @@ the raw exact baseline (target: at 1M items, some approximate index at >= 5x). E
 measured in two modes: `top10`, the index's own 10 nearest neighbours; and `pool200`, what
 Recommend does with the default `candidate_pool_size`: fetch 200 neighbours, re-score them
 exactly against the stored vectors and keep the best 10 (`--pool`; HNSW then searches with
-max(efSearch, 200), so its sweep starts there). Prints a table, writes bench/results/index.json and index.png
+max(efSearch, 200), so its sweep starts there). Each sweep includes the value IndexConfig's
+default (auto: from the index size, `auto_nprobe` / `auto_ef_search` in workers/index.py) picks
+at that size, marked `*`. Prints a table, writes bench/results/index.json and index.png
 (`--quick`: index-quick.json / .png, 20k items, for a smoke run).
 
 Catalogue. Uniform random vectors would mislead (IVF and HNSW recall collapses on them), so
@@ -77,7 +79,6 @@ TARGET_SPEEDUP = 5.0
 ADD_CHUNK = 100_000
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 EF_SEARCHES = (16, 32, 64, 128, 256, 512, 1024)
-PRODUCT_DEFAULTS = {"nprobe": 16, "ef_search": 64}  # IndexConfig defaults, marked in the results
 
 
 # ---------------------------------------------------------------- real vectors
@@ -254,14 +255,19 @@ def nlist_for(n: int) -> int:
 
 
 def families(n: int, pq_m: int) -> list[dict]:
+    """Index families and their sweeps; `default` = what IndexConfig's auto setting picks at n items."""
+    from bertrec.workers.index import auto_ef_search, auto_nprobe
+
     nlist = nlist_for(n)
-    nprobes = [p for p in NPROBES if p <= nlist]
+    nprobe, ef_search = auto_nprobe(nlist, n), auto_ef_search(n)
+    ivf = {"param": "nprobe", "values": sorted({p for p in NPROBES if p <= nlist} | {nprobe}), "default": nprobe}
+    hnsw = {"param": "ef_search", "values": sorted({*EF_SEARCHES, ef_search}), "default": ef_search}
     return [
-        {"name": "exact (FaissIndex)", "factory": "Flat", "param": None, "values": [None]},
-        {"name": "IVF", "factory": f"IVF{nlist},Flat", "param": "nprobe", "values": nprobes},
-        {"name": "HNSW", "factory": "HNSW32", "param": "ef_search", "values": list(EF_SEARCHES)},
+        {"name": "exact (FaissIndex)", "factory": "Flat", "param": None, "values": [None], "default": None},
+        {"name": "IVF", "factory": f"IVF{nlist},Flat", **ivf},
+        {"name": "HNSW", "factory": "HNSW32", **hnsw},
         # "np": no polysemous training; search never uses it and it alone took minutes on 2 cores.
-        {"name": "IVF-PQ", "factory": f"IVF{nlist},PQ{pq_m}np", "param": "nprobe", "values": nprobes},
+        {"name": "IVF-PQ", "factory": f"IVF{nlist},PQ{pq_m}np", **ivf},
     ]
 
 
@@ -288,11 +294,9 @@ def build(factory: str, items: np.ndarray, train_per_list: int, use_gpu: str):
 
 
 def set_search_param(index, param: str | None, value: int | None) -> None:
-    """The server applies IndexConfig.nprobe / ef_search the same way at construction."""
-    if param is None:
-        return
-    setattr(index, param, value)
-    index._apply_search_params()
+    """An explicit IndexConfig.nprobe / ef_search, as the server would apply it."""
+    if param is not None:
+        index.configure_search(**{param: value})
 
 
 def modes(pool: int) -> list[tuple[str, int]]:
@@ -304,6 +308,13 @@ def mode_values(fam: dict, fetch: int) -> list:
     if fam["param"] == "ef_search":  # faiss HNSW searches with max(efSearch, k): lower values repeat
         return sorted({max(v, fetch) for v in fam["values"]})
     return fam["values"]
+
+
+def is_default(fam: dict, fetch: int, value) -> bool:
+    """Whether `value` is what the IndexConfig default searches with in this mode."""
+    if fam["param"] is None:
+        return False
+    return value == (max(fam["default"], fetch) if fam["param"] == "ef_search" else fam["default"])
 
 
 # ---------------------------------------------------------------- one catalogue size
@@ -390,7 +401,7 @@ def run_size(n: int, args, catalogue: Catalogue, movie_ids: np.ndarray) -> dict:
                     "fetch": fetch,
                     "param": fam["param"],
                     "value": value,
-                    "product_default": fam["param"] is not None and PRODUCT_DEFAULTS[fam["param"]] == value,
+                    "product_default": is_default(fam, fetch, value),
                     "device": index.device,
                     "build_s": build_s,
                     "snapshot_bytes": snapshot,
@@ -487,7 +498,8 @@ def print_tables(result: dict) -> None:
                 f"{r['qps_batch1']:9.1f} {r['qps_batch64']:9.1f} {r['speedup_batch1']:7.2f} {r['speedup_batch64']:6.2f}"
             )
         print(
-            "* = IndexConfig default. x = QPS over raw faiss exact search in the same run. MiB = FaissIndex snapshot."
+            "* = IndexConfig default (auto at this size). x = QPS over raw faiss exact search in the same run. "
+            "MiB = FaissIndex snapshot."
             "\npoolN = search N neighbours, re-score them exactly and keep 10, as Recommend does "
             "(candidate_pool_size)."
         )
@@ -502,6 +514,12 @@ def print_tables(result: dict) -> None:
                     f"{label} {setting(r):<15} recall@10 {r['recall_at_10']:.3f}  "
                     f"{r['speedup_batch1']:6.2f}x at batch 1, {r['speedup_batch64']:6.2f}x at batch 64"
                 )
+        print("IndexConfig default (auto at this size):")
+        for r in (r for r in size["rows"] if r["product_default"]):
+            print(
+                f"  {r['index']:<19} {r['mode']:<8} {setting(r):<15} recall@10 {r['recall_at_10']:.3f}  "
+                f"{r['speedup_batch1']:6.2f}x at batch 1, {r['speedup_batch64']:6.2f}x at batch 64"
+            )
     t = result["target"]
     print(
         f"\ntarget at {t['items']:,} items (recall@10 >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:g}x exact QPS): "

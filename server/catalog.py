@@ -73,7 +73,8 @@ class Catalog:
         ):
             self.index = await asyncio.to_thread(load_index, self.snapshot_dir, self.index_config, self.model)  # type: ignore[assignment]
             self._snapshot_version = version
-            logger.info("index snapshot loaded: %d items (store version %d)", len(self.index), version)
+            search = await asyncio.to_thread(self.index.describe_search)
+            logger.info("index snapshot loaded: %d items (store version %d), %s", len(self.index), version, search)
             return
         logger.info(
             "index snapshot %s store version %d: rebuilding",
@@ -103,7 +104,8 @@ class Catalog:
             version = await asyncio.to_thread(self.store.version)
             index = await self._build_index(self.model)
             self.index = index
-            logger.info("index built: %d items, %s on %s", len(index), index.factory, index.device)
+            search = await asyncio.to_thread(index.describe_search)
+            logger.info("index built: %d items, %s on %s, %s", len(index), index.factory, index.device, search)
             await self._save_locked(version)
 
     async def _save_locked(self, version: int) -> None:

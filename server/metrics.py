@@ -19,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from bertrec.errors import WorkerLost
+
 logger = logging.getLogger(__name__)
 
 # Seconds; from a cached lookup (sub-millisecond) to a large catalogue upsert.
@@ -127,6 +129,11 @@ class StateCollector(Collector):
     async def _read(self) -> dict[str, Any]:
         state = self.state
         index = state.catalog.index
+        try:
+            breadth = await asyncio.to_thread(index.search_breadth) if index is not None else {}
+        except WorkerLost:  # a lost shard: the rest of the state still reports
+            breadth = {}
+        configured = state.config.index
         return {
             "model": state.pool.model_name,
             "replicas": await state.pool.info(),
@@ -134,6 +141,7 @@ class StateCollector(Collector):
             "index_size": len(index) if index is not None else 0,
             "index_type": getattr(index, "factory", ""),
             "index_device": getattr(index, "device", ""),
+            "index_search": [(name, "set" if getattr(configured, name) else "auto", v) for name, v in breadth.items()],
             "cache_hits": state.profiles.hits,
             "cache_misses": state.profiles.misses,
             "cache_hit_rate": state.profiles.hit_rate,
@@ -231,6 +239,15 @@ def _state_metrics(s: dict[str, Any]) -> Iterator[Metric]:
     )
     index.add_metric([s["index_type"], s["index_device"]], 1.0)
     yield index
+    search = GaugeMetricFamily(
+        "bertrec_index_search_breadth",
+        "nprobe (IVF) or ef_search (HNSW) in effect; mode auto = chosen from the index size "
+        "(the smallest over the shards of a sharded index). None for an exact index.",
+        labels=["setting", "mode"],
+    )
+    for name, mode, value in s["index_search"]:
+        search.add_metric([name, mode], float(value))
+    yield search
 
     yield CounterMetricFamily("bertrec_user_cache_hits", "User-vector cache hits.", value=s["cache_hits"])
     yield CounterMetricFamily("bertrec_user_cache_misses", "User-vector cache misses.", value=s["cache_misses"])

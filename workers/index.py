@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 from pathlib import Path
@@ -12,6 +13,39 @@ from typing import Protocol
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+GPU_MAX_K = 2048  # FAISS GPU limit on k, and on nprobe
+# Auto search breadth (IndexConfig.nprobe / ef_search = 0), from the index size rounded up to a
+# power of two: nprobe = 2 * nlist^(2/3), but all lists up to EXHAUSTIVE_ITEMS vectors (exact);
+# efSearch = sqrt(size), at least 128. Fitted to the cheapest settings with recall@10 >= 0.95 in
+# BENCHMARKS.md (bench/index.py): IVF 128 of 512 lists at 20k items, 512 of 4096 at 1M; HNSW32
+# efSearch 128 at 20k (64: 0.948), 1024 at 1M (512: 0.949).
+EXHAUSTIVE_ITEMS = 16_384
+MIN_EF_SEARCH = 128
+
+
+def size_step(size: int) -> int:
+    """`size` rounded up to a power of two (at least 1): the auto settings change only at these steps."""
+    return 1 << max(0, int(size) - 1).bit_length()
+
+
+def auto_nprobe(nlist: int, size: int) -> int:
+    """IVF lists to visit for recall@10 >= ~0.95 in an index of `size` vectors over `nlist` lists."""
+    by_lists = math.ceil(round(2 * nlist ** (2 / 3), 6))
+    by_size = -(-nlist * EXHAUSTIVE_ITEMS // size_step(size))
+    return max(1, min(nlist, max(by_lists, by_size)))
+
+
+def auto_ef_search(size: int) -> int:
+    """HNSW efSearch for recall@10 >= ~0.95 in an index of `size` vectors: ceil(sqrt(step)), >= 128."""
+    return max(MIN_EF_SEARCH, math.isqrt(size_step(size) - 1) + 1)
+
+
+def describe_breadth(breadth: dict[str, int], nprobe: int, ef_search: int) -> str:
+    """'nprobe 512 (auto)' / 'ef_search 300' for the log, given the configured values (0 = auto)."""
+    configured = {"nprobe": nprobe, "ef_search": ef_search}
+    parts = [f"{name} {value}{'' if configured[name] else ' (auto)'}" for name, value in breadth.items()]
+    return ", ".join(parts) or "exhaustive search"
 
 
 def checked_batch(ids, vectors, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,15 +86,16 @@ class FaissIndex:
     Thread-safe: search runs in worker threads off the event loop.
     """
 
-    def __init__(self, dim: int, factory: str = "Flat", nprobe: int = 16, ef_search: int = 64, use_gpu: str = "auto"):
+    def __init__(self, dim: int, factory: str = "Flat", nprobe: int = 0, ef_search: int = 0, use_gpu: str = "auto"):
         import faiss
 
         from bertrec.workers.faiss_gpu import gpu_available
 
         self.dim = dim
         self.factory = factory
-        self.nprobe = nprobe
-        self.ef_search = ef_search
+        self.nprobe = nprobe  # as configured; 0 = auto_nprobe of the current size
+        self.ef_search = ef_search  # as configured; 0 = auto_ef_search of the current size
+        self._breadth: dict[str, int] = {}  # the values in effect
         self.gpus = gpu_available(use_gpu)
         self._faiss = faiss
         self._lock = threading.RLock()
@@ -85,15 +120,41 @@ class FaissIndex:
         keep vectors in full), so nothing needs re-scoring; GPU copies keep float16."""
         return scores_are_exact(self.factory) and not self.gpus
 
+    def search_breadth(self) -> dict[str, int]:
+        """The search setting in effect: {"nprobe": n} (IVF), {"ef_search": n} (HNSW), {} (exact)."""
+        return dict(self._breadth)
+
+    def describe_search(self) -> str:
+        return describe_breadth(self._breadth, self.nprobe, self.ef_search)
+
+    def configure_search(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change the configured nprobe / ef_search (0 = auto, None = unchanged) and apply them."""
+        with self._lock:
+            self.nprobe = self.nprobe if nprobe is None else nprobe
+            self.ef_search = self.ef_search if ef_search is None else ef_search
+            self._apply_search_params()
+
     def _apply_search_params(self) -> None:
+        """Set nprobe / efSearch: the configured value, or the auto rule at the current size."""
         faiss = self._faiss
+        size = self._index.ntotal  # HNSW tombstones included: they are still in the graph
+        breadth: dict[str, int] = {}
         ivf = faiss.try_extract_index_ivf(self._cpu_index)
         if ivf is not None:
-            ivf.nprobe = self.nprobe
+            nprobe = min(self.nprobe or auto_nprobe(ivf.nlist, size), ivf.nlist)
+            if self.gpus:
+                nprobe = min(nprobe, GPU_MAX_K)
+            ivf.nprobe = breadth["nprobe"] = nprobe
+            if self._index is not self._cpu_index:  # the GPU copy took nprobe when it was made
+                faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", nprobe)
         inner = self._cpu_index.index if isinstance(self._cpu_index, faiss.IndexIDMap) else self._cpu_index
         hnsw = getattr(faiss.downcast_index(inner), "hnsw", None)
         if hnsw is not None:
-            hnsw.efSearch = self.ef_search
+            hnsw.efSearch = breadth["ef_search"] = self.ef_search or auto_ef_search(size)
+        if breadth != self._breadth:
+            self._breadth = breadth
+            if size:
+                logger.info("index %s at %d vectors searches with %s", self.factory, size, self.describe_search())
 
     def _maybe_to_gpu(self) -> None:
         if self.gpus and self._index is self._cpu_index and self._cpu_index.is_trained:
@@ -129,13 +190,19 @@ class FaissIndex:
             self._item_of_internal = np.concatenate([self._item_of_internal, ids])
             for offset, item_id in enumerate(ids.tolist()):
                 self._internal_of_item[item_id] = start + offset
+            self._apply_search_params()  # auto settings follow the size
 
     def _train(self, vectors: np.ndarray) -> None:
         ivf = self._faiss.try_extract_index_ivf(self._cpu_index)
         needed = ivf.nlist if ivf is not None else 1
         if len(vectors) < needed:
             raise ValueError(f"index {self.factory!r} needs at least {needed} vectors in its first batch to train")
-        logger.info("training index %s on %d vectors", self.factory, len(vectors))
+        logger.info(
+            "training index %s on %d vectors (FAISS suggests about 4*sqrt(n) = %d lists for this many)",
+            self.factory,
+            len(vectors),
+            round(4 * math.sqrt(len(vectors))),
+        )
         self._cpu_index.train(vectors)
         self._maybe_to_gpu()
 
@@ -150,6 +217,7 @@ class FaissIndex:
             if self._supports_remove:
                 try:
                     self._index.remove_ids(internal_arr)
+                    self._apply_search_params()  # the size shrank
                     return len(internal)
                 except RuntimeError:
                     self._supports_remove = False  # HNSW and friends: tombstones from now on
@@ -184,7 +252,7 @@ class FaissIndex:
         return out_scores, out_ids
 
     def _check_search_width(self, k: int) -> None:
-        if self.gpus and k > 2048:  # FAISS GPU k limit
+        if self.gpus and k > GPU_MAX_K:
             raise ValueError("GPU index searches at most 2048 neighbours; lower candidate_pool_size")
 
     def ids(self) -> np.ndarray:
@@ -226,7 +294,7 @@ class FaissIndex:
             return None
 
     @classmethod
-    def load(cls, folder: Path, nprobe: int = 16, ef_search: int = 64, use_gpu: str = "auto") -> FaissIndex:
+    def load(cls, folder: Path, nprobe: int = 0, ef_search: int = 0, use_gpu: str = "auto") -> FaissIndex:
         import faiss
 
         folder = Path(folder)

@@ -14,7 +14,7 @@ import numpy as np
 
 from bertrec.config import IndexConfig
 from bertrec.errors import WorkerLost
-from bertrec.workers.index import FaissIndex, checked_batch, scores_are_exact
+from bertrec.workers.index import FaissIndex, checked_batch, describe_breadth, scores_are_exact
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class IndexShard:
         self._lock = threading.Lock()  # the actor runs calls in several threads
 
     def _new(self) -> FaissIndex:
+        # Auto nprobe / ef_search follow this shard's own size, not the total: a query searches
+        # every shard for its own top k, and each shard is an index of its own size to search.
         c = self.config
         return FaissIndex(self.dim, c.factory, nprobe=c.nprobe, ef_search=c.ef_search, use_gpu=c.use_gpu)
 
@@ -178,6 +180,7 @@ class IndexShard:
             "device": index.device if index is not None else "cpu",
             "size": len(index) if index is not None else 0,
             "dead": index.dead if index is not None else 0,
+            "search_breadth": index.search_breadth() if index is not None else {},
             "tables": list(self.tables),
             "builds": list(self.builds),
         }
@@ -278,6 +281,18 @@ class ShardedIndex:
 
     def info(self) -> list[dict]:
         return self._call([s.info.remote(self.table) for s in self.shards])
+
+    def search_breadth(self) -> dict[str, int]:
+        """The search setting in effect, the smallest over the shards (each sizes its own auto
+        setting by its own item count, so they differ only near a size step)."""
+        out: dict[str, int] = {}
+        for info in self.info():
+            for name, value in info["search_breadth"].items():
+                out[name] = min(value, out.get(name, value))
+        return out
+
+    def describe_search(self) -> str:
+        return describe_breadth(self.search_breadth(), self.config.nprobe, self.config.ef_search)
 
     def check(self, timeout_s: float = 10.0) -> str:
         """ "" when every shard answers and holds this index's table, else why not."""

@@ -215,6 +215,28 @@ def test_one_shard_is_the_in_process_index(data, tmp_path):
     np.testing.assert_array_equal(loaded.search(queries, 5)[1], index.search(queries, 5)[1])
 
 
+def test_each_shard_sizes_its_search_breadth_by_its_own_items(ray_cluster, config):
+    from dataclasses import replace
+
+    from bertrec.workers.index import auto_nprobe
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(36_000, DIM)).astype(np.float32)
+    ivf = replace(config, factory="IVF16,Flat", shard_prefix=f"test-{uuid.uuid4().hex[:8]}")
+    auto, fixed = ShardedIndex(DIM, ivf), ShardedIndex(DIM, replace(ivf, nprobe=5, shard_prefix=ivf.shard_prefix + "x"))
+    try:
+        for index in (auto, fixed):
+            index.add(np.arange(len(vectors)), vectors)
+        # ~12,000 items per shard: every list; the 36,000 in total would have given fewer.
+        assert max(auto.sizes) <= 16_384 and auto_nprobe(16, len(auto)) == 13
+        assert [i["search_breadth"] for i in auto.info()] == [{"nprobe": 16}] * SHARDS
+        assert auto.describe_search() == "nprobe 16 (auto)"
+        assert fixed.search_breadth() == {"nprobe": 5} and fixed.describe_search() == "nprobe 5"
+    finally:
+        auto.shutdown()
+        fixed.shutdown()
+
+
 def test_a_lost_shard_is_reported_not_hidden(ray_cluster, data):
     vectors, ids, queries, _ = data
     prefix = f"test-{uuid.uuid4().hex[:8]}"

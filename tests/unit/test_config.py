@@ -42,11 +42,20 @@ def test_config_file_from_environment(tmp_path):
         {"BERTREC_WORKERS_MAX_BATCH_TOKENS": "100"},  # below model.max_length (128): a text must fit
         {"BERTREC_WORKERS_MAX_BATCH_TOKENS": "100000000"},
         {"BERTREC_INDEX_SHARDS": "0"},
+        {"BERTREC_INDEX_NPROBE": "-1"},
+        {"BERTREC_INDEX_EF_SEARCH": "-64"},
+        {"BERTREC_INDEX_NPROBE": "auto"},  # auto is 0
     ],
 )
 def test_bad_values_are_refused(env):
     with pytest.raises(ValueError):
         load_config(environ=env)
+
+
+def test_index_search_breadth_is_auto_unless_set():
+    assert load_config(environ={}).index.nprobe == load_config(environ={}).index.ef_search == 0  # 0 = auto
+    config = load_config(environ={"BERTREC_INDEX_NPROBE": "512", "BERTREC_INDEX_EF_SEARCH": "1024"})
+    assert (config.index.nprobe, config.index.ef_search) == (512, 1024)
 
 
 def test_unknown_setting_in_file(tmp_path):

@@ -79,6 +79,7 @@ def test_snapshot_roundtrip(tmp_path, data):
     assert meta["version"] == 42 and meta["model"] == "m"
     loaded = FaissIndex.load(tmp_path, use_gpu="no")
     assert len(loaded) == len(index)
+    assert loaded.search_breadth() == index.search_breadth() == {"ef_search": 128}
     np.testing.assert_array_equal(loaded.search(queries, 5)[1], index.search(queries, 5)[1])
 
 
@@ -106,3 +107,84 @@ def test_which_indexes_score_exactly(factory, exact):
     from bertrec.workers.index import scores_are_exact
 
     assert scores_are_exact(factory) is exact
+
+
+# Search breadth: nprobe / ef_search from the index size unless configured (IndexConfig 0 = auto).
+
+
+@pytest.mark.parametrize(
+    "nlist, size, nprobe",
+    [(16, 0, 16), (512, 10_000, 512), (4096, 16_384, 4096),  # small: every list (exact)
+     (512, 20_000, 256), (1024, 100_000, 204), (4096, 1_000_000, 512), (16, 1_000_000, 13)],
+)  # fmt: skip
+def test_auto_nprobe_values(nlist, size, nprobe):
+    from bertrec.workers.index import auto_nprobe
+
+    assert auto_nprobe(nlist, size) == nprobe
+
+
+@pytest.mark.parametrize(
+    "size, ef_search", [(0, 128), (10_000, 128), (16_384, 128), (20_000, 182), (100_000, 363), (1_000_000, 1024)]
+)
+def test_auto_ef_search_values(size, ef_search):
+    from bertrec.workers.index import auto_ef_search
+
+    assert auto_ef_search(size) == ef_search
+
+
+def test_auto_breadth_follows_the_size_and_a_setting_wins():
+    rng = np.random.default_rng(5)
+    vectors = _unit(rng, 20_000, dim=8)
+    auto = FaissIndex(8, "IVF16,Flat", use_gpu="no")
+    fixed = FaissIndex(8, "IVF16,Flat", nprobe=3, use_gpu="no")
+    for index in (auto, fixed):
+        index.add(np.arange(2000), vectors[:2000])
+    assert auto.search_breadth() == {"nprobe": 16} and auto.describe_search() == "nprobe 16 (auto)"
+    assert fixed.search_breadth() == {"nprobe": 3} and fixed.describe_search() == "nprobe 3"
+    for index in (auto, fixed):
+        index.add(np.arange(2000, 20_000), vectors[2000:])
+    assert auto.search_breadth() == {"nprobe": 13}  # past 16,384 items: 2 * 16^(2/3) lists
+    assert fixed.search_breadth() == {"nprobe": 3}
+    auto.remove(np.arange(5000, 20_000))
+    assert auto.search_breadth() == {"nprobe": 16}  # shrunk back: every list again
+    assert FaissIndex(8, "IVF16,Flat", nprobe=99, use_gpu="no").search_breadth() == {"nprobe": 16}  # <= nlist
+    assert FaissIndex(8, "HNSW32", ef_search=40, use_gpu="no").search_breadth() == {"ef_search": 40}
+    assert FaissIndex(8, "Flat", use_gpu="no").describe_search() == "exhaustive search"
+
+
+@pytest.fixture(scope="module")
+def text_like():
+    """20k unit vectors in 2,000 clusters with a decaying noise spectrum (text embeddings are
+    neither uniform nor isotropic), plus 300 queries that are not members; and the exact top 10."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    dim = 96
+    centres = _unit(rng, 2000, dim)
+    spectrum = np.arange(1, dim + 1) ** -0.2
+    spectrum *= 1.2 / np.linalg.norm(spectrum)
+
+    def draw(n):
+        v = centres[rng.integers(len(centres), size=n)] + rng.normal(size=(n, dim)) * spectrum
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    vectors, queries = draw(20_000), draw(300)
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(vectors)
+    return vectors, queries, exact.search(queries, 10)[1]
+
+
+@pytest.mark.parametrize("factory, narrow", [("IVF512,Flat", {"nprobe": 16}), ("HNSW32", {"ef_search": 32})])
+def test_auto_breadth_reaches_recall_on_text_like_vectors(text_like, factory, narrow):
+    vectors, queries, truth = text_like
+    index = FaissIndex(vectors.shape[1], factory, use_gpu="no")
+    index.add(np.arange(len(vectors)), vectors)
+
+    def recall():
+        found = index.search(queries, 10)[1]
+        return np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(found, truth)])
+
+    assert index.search_breadth() == ({"nprobe": 256} if factory.startswith("IVF") else {"ef_search": 182})
+    assert recall() >= 0.95, recall()
+    index.configure_search(**narrow)  # the data is not too easy: a narrow search misses
+    assert recall() < 0.95, recall()

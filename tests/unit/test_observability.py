@@ -81,6 +81,39 @@ def test_metrics_port_setting():
         load_config(environ={"BERTREC_SERVER_METRICS_PORT": "-2"})
 
 
+def test_index_search_breadth_metric():
+    """bertrec_index_search_breadth reports the setting in effect and whether it is automatic."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from bertrec.config import IndexConfig
+    from bertrec.server.metrics import StateCollector, _state_metrics
+    from bertrec.workers.index import FaissIndex
+
+    async def no_replicas():
+        return []
+
+    def samples(index, config):
+        state = SimpleNamespace(
+            catalog=SimpleNamespace(index=index),
+            config=SimpleNamespace(index=config),
+            pool=SimpleNamespace(model_name="m", info=no_replicas, coalescing={"requests": 0, "replica_calls": 0}),
+            profiles=SimpleNamespace(hits=0, misses=0, hit_rate=0.0),
+        )
+        snapshot = asyncio.run(StateCollector(state, None)._read())
+        metric = next(m for m in _state_metrics(snapshot) if m.name == "bertrec_index_search_breadth")
+        return {tuple(sorted(s.labels.items())): s.value for s in metric.samples}
+
+    index = FaissIndex(8, "HNSW32", use_gpu="no")
+    index.add(np.arange(3), np.eye(3, 8, dtype=np.float32))
+    assert samples(index, IndexConfig()) == {(("mode", "auto"), ("setting", "ef_search")): 128}
+    index = FaissIndex(8, "IVF2,Flat", nprobe=1, use_gpu="no")
+    index.add(np.arange(3), np.eye(3, 8, dtype=np.float32))
+    assert samples(index, IndexConfig(nprobe=1)) == {(("mode", "set"), ("setting", "nprobe")): 1}
+    assert samples(FaissIndex(8, "Flat", use_gpu="no"), IndexConfig()) == {}
+
+
 def test_interceptor_sees_refused_calls_and_handler_failures():
     """The interceptor chain as the server builds it, around toy handlers: no Ray, no model."""
     import grpc
