@@ -267,6 +267,10 @@ def _train(args: argparse.Namespace) -> int:
         split=args.split,
         split_seed=args.split_seed,
         device=args.device,
+        user_tower=args.user_tower,
+        history_items=args.history_items,
+        user_max_length=args.user_max_length,
+        tower_lr=args.tower_lr,
     )
     if args.workers > 1:
         from bertrec.training.distributed import train_distributed
@@ -420,6 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--hard-negatives", type=int, default=0, help="mined negatives per anchor (0 = in-batch only)")
     tr.add_argument("--hard-negative-pool", type=int, default=50, help="mine among this many nearest items")
     tr.add_argument("--hard-negative-refresh", type=int, default=0, help="re-mine every N steps (0 = once)")
+    tr.add_argument(
+        "--user-tower",
+        choices=["items", "pooled", "history-text"],
+        default="items",
+        help="items: co-liked item pairs, users pooled as served today; pooled: history pooling plus a learned"
+        " layer; history-text: the encoder over the history's titles",
+    )
+    tr.add_argument("--history-items", type=int, default=10, help="pooled, history-text: latest liked items per user")
+    tr.add_argument("--user-max-length", type=int, default=128, help="history-text: tokens of the history text")
+    tr.add_argument("--tower-lr", type=float, default=1e-3, help="pooled: learning rate of the learned layer")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto")
     tr.add_argument("--validate-every", type=int, default=0, help="steps between validations (0 = at the end)")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from bertrec.evaluation.pipeline import CASCADE, PIPELINE, CrossEncoderPipeline,
 from bertrec.evaluation.report import summarise, write
 from bertrec.evaluation.runner import run_method, tune
 from bertrec.evaluation.splits import SPLITS
+from bertrec.server.users import UserTower
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,26 @@ def encode_catalogue(dataset: Dataset, model_path: str, cache_dir: Path) -> np.n
     return vectors
 
 
+def user_tower(model_path: str) -> UserTower:
+    """The user tower a fine-tuned checkpoint was trained with; the history-text one encodes with
+    the checkpoint, each distinct history once (tuning scores the same users again)."""
+    tower = UserTower.load(model_path)
+    if tower.kind != "history-text":
+        return tower
+    from bertrec.workers.encoder import BertEncoder
+
+    encoder = BertEncoder(model_path, "cpu", max_length=tower.max_length)
+    known: dict[str, np.ndarray] = {}
+
+    def encode(texts: list[str]) -> np.ndarray:
+        new = [t for t in dict.fromkeys(texts) if t not in known]
+        if new:
+            known.update(zip(new, encoder.encode_users(new)))
+        return np.stack([known[t] for t in texts])
+
+    return replace(tower, encode=encode)
+
+
 def checkpoint_split(model_path: str) -> tuple[str, int] | None:
     """The split (and seed) whose training data a fine-tuned checkpoint saw, if it records one."""
     record = Path(model_path) / "bertrec_training.json"
@@ -82,7 +104,7 @@ def _renamed(factory, label: str):
     return build
 
 
-def make_factory(name: str, vectors: np.ndarray | None, seed: int):
+def make_factory(name: str, vectors: np.ndarray | None, seed: int, tower: UserTower | None = None):
     if name == "random":
         return lambda **p: m.Random(seed=seed)
     if name == "popularity":
@@ -96,9 +118,9 @@ def make_factory(name: str, vectors: np.ndarray | None, seed: int):
     if name == "genre-profile":
         return lambda **p: m.GenreProfile()
     if name == "zero-shot":
-        return lambda **p: m.ZeroShot(vectors)
+        return lambda **p: m.ZeroShot(vectors, tower=tower)
     if name == "zero-shot + popularity":
-        return lambda **p: m.TextPlusPopularity(vectors, **p)
+        return lambda **p: m.TextPlusPopularity(vectors, tower=tower, **p)
     if name == PIPELINE:
         return lambda **p: RerankPipeline(vectors, seed=seed)
     if name == CASCADE:
@@ -126,6 +148,7 @@ def run_evaluation(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     needs_text = any(n in TEXT_METHODS for n in method_names)
     vectors = encode_catalogue(dataset, model_path, out_dir / "cache") if needs_text else None
+    tower = user_tower(model_path) if needs_text else None
     results = []
     params_used: dict = {}
     for split_name in split_names:
@@ -141,7 +164,7 @@ def run_evaluation(
                 len(split.candidate_ids),
             )
             for name in method_names:
-                factory = make_factory(name, vectors, seed)
+                factory = make_factory(name, vectors, seed, tower)
                 if model_path and name in TEXT_METHODS:
                     label = f"{name} (fine-tuned encoder)" if name in (PIPELINE, CASCADE) else name
                     factory = _renamed(factory, label.replace("zero-shot", "fine-tuned"))
@@ -171,6 +194,7 @@ def run_evaluation(
         "seeds": seed_list,
         "params": params_used,
         "model": model_path or "all-MiniLM-L6-v2 (packaged)",
+        **({"user_tower": tower.kind} if model_path and tower else {}),
         "items": len(dataset.items),
         "interactions": len(dataset.users),
     }

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bertrec.evaluation.data import Dataset
-from bertrec.server.users import pool_history
+from bertrec.server.users import UserTower
 from bertrec.store import HistoryEntry
 
 logger = logging.getLogger(__name__)
@@ -173,23 +173,28 @@ class ALS:
 
 class ZeroShot:
     """The pretrained encoder, no fine-tuning: the service's own recipe (recency-weighted mean of
-    the vectors of liked items, cosine to every item)."""
+    the vectors of liked items, cosine to every item). With a fine-tuned checkpoint, `tower` is
+    the user tower it was trained with (what the service then runs too)."""
 
     name = "zero-shot"
     grid: list[dict] = [{}]
 
-    def __init__(self, item_vectors: np.ndarray, half_life: float = 20.0):
+    def __init__(self, item_vectors: np.ndarray, half_life: float = 20.0, tower: UserTower | None = None):
         self.item_vectors = item_vectors  # rows in catalogue order
         self.half_life = half_life
+        self.tower = tower or UserTower()
 
     def user_vectors(self, data: TrainData, rows: np.ndarray) -> np.ndarray:
-        by_id = {int(i): self.item_vectors[c] for i, c in data.column.items()}
         dim = self.item_vectors.shape[1]
+        histories = [data.histories.get(data.users[r], []) for r in rows]
+        if self.tower.kind == "history-text":
+            return self.tower.text_vectors(histories, {i.id: i.text for i in data.dataset.items}, dim)
+        by_id = {int(i): self.item_vectors[c] for i, c in data.column.items()}
         out = np.zeros((len(rows), dim), dtype=np.float32)
-        for n, r in enumerate(rows):
-            profile = pool_history(data.histories.get(data.users[r], []), by_id, self.half_life, dim)
-            if profile.vector is not None:
-                out[n] = profile.vector
+        for n, history in enumerate(histories):
+            vector = self.tower.pooled(history, by_id, self.half_life, dim)
+            if vector is not None:
+                out[n] = vector
         return out
 
     def fit(self, data: TrainData) -> None:
@@ -230,8 +235,10 @@ class TextPlusPopularity:
     name = "zero-shot + popularity"
     grid = [{"weight": w, "ridge": r} for w in (0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2) for r in (1.0, 10.0, 100.0)]
 
-    def __init__(self, item_vectors: np.ndarray, weight: float = 0.2, ridge: float = 10.0):
-        self.zero_shot = ZeroShot(item_vectors)
+    def __init__(
+        self, item_vectors: np.ndarray, weight: float = 0.2, ridge: float = 10.0, tower: UserTower | None = None
+    ):
+        self.zero_shot = ZeroShot(item_vectors, tower=tower)
         self.weight = weight
         self.ridge = ridge
 

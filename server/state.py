@@ -118,6 +118,8 @@ class ServiceState:
             cfg.server.max_history,
             cfg.server.history_half_life,
             cfg.server.user_cache_size,
+            self._user_tower(model_path),
+            self.pool.encode,
         )
         self.reranker = self._load_reranker(fingerprint)
         self.recommender = Recommender(self.catalog, self.pool, self.profiles, cfg.server, self.reranker)
@@ -125,6 +127,24 @@ class ServiceState:
         if cfg.index.shards > 1:
             self._index_watch = asyncio.ensure_future(self._index_watch_loop())
         self.ready = True
+
+    def _user_tower(self, model_path: str):
+        """The checkpoint's user tower; the history-text tower encodes through the replicas."""
+        from bertrec.server.users import UserTower
+
+        tower = UserTower.load(model_path)
+        if tower.kind == "history-text" and tower.max_length != self.config.model.max_length:
+            logger.warning(
+                "%s was trained on history texts of up to %d tokens; the replicas encode up to %d (model.max_length)",
+                Path(model_path).name,
+                tower.max_length,
+                self.config.model.max_length,
+            )
+        if tower.kind != "items":
+            logger.info(
+                "user tower of %s: %s over the latest %d liked items", model_path, tower.kind, tower.history_items
+            )
+        return tower
 
     def _load_reranker(self, fingerprint: str):
         if not self.config.rerank.path:
@@ -172,6 +192,7 @@ class ServiceState:
             verdict = compare_evaluations(Path(self.model_path), path)
             if verdict and not force:
                 raise FailedPrecondition(f"swap refused: {verdict} (force to override)")
+            tower = self._user_tower(str(path))  # a broken tower fails the swap before any re-encoding
             yield "loading", 0, 1, f"loading {path.name} into {len(self.pool.replicas)} replicas"
             staged = await self.pool.load_staging(str(path))
             if staged["dim"] != self.pool.dim:
@@ -207,6 +228,7 @@ class ServiceState:
                 await self.pool.drop_staging()
                 raise
             self.profiles.model = new_model
+            self.profiles.tower = tower
             self.profiles.clear()
             self.model_path = str(path)
             logger.info("model swapped to %s", path)

@@ -25,6 +25,8 @@ def _worker_loop(loop_config: dict) -> dict:
     trainer = ContrastiveTrainer(config, loop_config["dataset"], loop_config["train"], loop_config["out_dir"])
     trainer.shard(context.get_world_rank(), context.get_world_size())
     trainer.model = ray.train.torch.prepare_model(trainer.model)  # DDP on the worker's device
+    if trainer.user_layer is not None:  # its own DDP: one forward and one backward a step, as the encoder's
+        trainer.user_layer = ray.train.torch.prepare_model(trainer.user_layer)
     summary = trainer.train()
     ray.train.report({k: v for k, v in summary.items() if k != "validation"})
     return summary

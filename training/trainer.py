@@ -1,4 +1,10 @@
-"""Contrastive fine-tuning of a BERT-family encoder with in-batch negatives and logQ correction."""
+"""Contrastive fine-tuning of a BERT-family encoder with in-batch negatives and logQ correction.
+
+The item tower is the encoder over item text. The user tower (`TrainConfig.user_tower`) is one of:
+"items", no user-side training: anchor items against the item liked next (co-liked pairs), for
+the service's plain pooling of liked items; "pooled", that pooling over the latest liked items
+plus a learned residual layer; "history-text", the same encoder over the latest liked titles.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bertrec.config import ServerConfig
 from bertrec.evaluation.data import Dataset
+from bertrec.server.users import USER_TOWER_FILE, USER_TOWERS, UserTower
+from bertrec.store import HistoryEntry
 from bertrec.training.pairs import co_liked_pairs, log_q
+from bertrec.training.user_tower import NONE, history_examples, pooling_matrix, residual_layer
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +52,10 @@ class TrainConfig:
     split: str = "warm"
     split_seed: int = 0
     device: str = "auto"
+    user_tower: str = "items"  # items | pooled | history-text (see the module docstring)
+    history_items: int = 10  # pooled and history-text: the latest liked items a user is made of
+    user_max_length: int = 128  # history-text: tokens of the history text
+    tower_lr: float = 1e-3  # pooled: learning rate of the residual layer (it starts at zero)
 
 
 def _mean_pool(hidden, mask):
@@ -57,6 +71,10 @@ class ContrastiveTrainer:
         from bertrec.workers.device import resolve_device
         from bertrec.workers.encoder import default_model_path
 
+        if config.user_tower not in USER_TOWERS:
+            raise ValueError(f"user_tower must be one of {', '.join(USER_TOWERS)}, got {config.user_tower!r}")
+        if config.user_tower != "items" and config.hard_negatives:
+            raise ValueError("hard negatives are mined around anchor items: only with user_tower='items'")
         self.torch = torch
         self.config = config
         self.out_dir = Path(out_dir)
@@ -71,16 +89,30 @@ class ContrastiveTrainer:
             for p in pooler.parameters():
                 p.requires_grad = False
         self.texts = {i.id: i.text for i in dataset.items}
-        self.pairs = co_liked_pairs(train, window=config.window, seed=config.seed)
+        # Rows of ids, the target last: (anchor, target) pairs, or (history..., target) examples.
+        if config.user_tower == "items":
+            self.pairs = co_liked_pairs(train, window=config.window, seed=config.seed)
+        else:
+            self.pairs = history_examples(train, config.history_items, seed=config.seed)
         self.log_q = log_q(self.pairs)
         self.neighbours: dict[int, np.ndarray] = {}
         self.co_liked: dict[int, set[int]] = {}
-        for a, b in self.pairs.tolist():
-            self.co_liked.setdefault(a, set()).add(b)
+        if config.user_tower == "items":
+            for a, b in self.pairs.tolist():
+                self.co_liked.setdefault(a, set()).add(b)
+        self.user_layer = None
+        if config.user_tower == "pooled":
+            self.user_layer = residual_layer(self.model.config.hidden_size).to(self.device)
+            saved = Path(source) / USER_TOWER_FILE  # resuming, or starting from a pooled checkpoint
+            if saved.exists():
+                with torch.no_grad():
+                    self.user_layer.weight.copy_(torch.from_numpy(np.load(saved)))
         steps_per_epoch = max(1, len(self.pairs) // config.batch_size)
         total = int(math.ceil(config.epochs * steps_per_epoch))
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.user_layer is not None:
+            params = [{"params": params}, {"params": list(self.user_layer.parameters()), "lr": config.tower_lr}]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         warmup = max(1, int(config.warmup_share * self.total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -113,13 +145,15 @@ class ContrastiveTrainer:
                 p.requires_grad = False
 
     def _encode(self, ids: np.ndarray):
-        batch = self.tokenizer(
-            [self.texts[int(i)] for i in ids],
-            padding=True,
-            truncation=True,
-            max_length=self.config.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+        return self.encode_texts([self.texts[int(i)] for i in ids], self.config.max_length)
+
+    def encode_texts(self, texts: list[str], max_length: int):
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return self._embed(batch)
+
+    def _embed(self, batch):
+        """Mean-pooled, L2-normalised vectors of a tokenized batch: one forward pass."""
+        batch = batch.to(self.device)
         use_amp = self.device.startswith("cuda")
         with self.torch.autocast("cuda", dtype=self.torch.bfloat16, enabled=use_amp):
             hidden = self.model(**batch).last_hidden_state
@@ -153,7 +187,8 @@ class ContrastiveTrainer:
         return np.array(out, dtype=np.int64)
 
     def loss(self, batch_pairs: np.ndarray):
-        torch = self.torch
+        if self.config.user_tower != "items":
+            return self._tower_loss(batch_pairs)
         negatives = np.zeros(0, np.int64)
         if self.config.hard_negatives:
             refresh = self.config.hard_negative_refresh
@@ -164,18 +199,70 @@ class ContrastiveTrainer:
         n = len(batch_pairs)
         encoded = self._encode(np.concatenate([batch_pairs[:, 0], batch_pairs[:, 1], negatives]))
         anchors, candidates = encoded[:n], encoded[n:]
-        columns = np.concatenate([batch_pairs[:, 1], negatives])
-        logits = anchors @ candidates.T / self.config.temperature
+        return self._in_batch_loss(
+            anchors, candidates, batch_pairs[:, 1], np.concatenate([batch_pairs[:, 1], negatives])
+        )
+
+    def _in_batch_loss(self, users, candidates, targets: np.ndarray, columns: np.ndarray, excluded=None):
+        """Cross-entropy of each row's target (column i of row i) against the other columns."""
+        torch = self.torch
+        n = len(targets)
+        logits = users @ candidates.T / self.config.temperature
         if self.config.logq_correction:
             floor = min(self.log_q.values())  # mined items that are never positives: the rarest share
             correction = torch.tensor([self.log_q.get(int(i), floor) for i in columns], device=logits.device)
             logits = logits - correction[None, :]
         # The same item twice among the columns is not a negative for itself.
-        same = torch.tensor(batch_pairs[:, 1][:, None] == columns[None, :], device=logits.device)
+        same = targets[:, None] == columns[None, :]
+        if excluded is not None:
+            same |= excluded
+        same = torch.tensor(same, device=logits.device)
         same[torch.arange(n), torch.arange(n)] = False
         logits = logits.masked_fill(same, float("-inf"))
         target = torch.arange(n, device=logits.device)
         return torch.nn.functional.cross_entropy(logits, target)
+
+    def _tower_loss(self, batch: np.ndarray):
+        users, items = self.tower_vectors(batch)
+        histories, targets = batch[:, :-1], batch[:, -1]
+        # Another row's target that this user liked before is no negative for them.
+        liked = (histories[:, :, None] == targets[None, None, :]).any(1)
+        return self._in_batch_loss(users, items, targets, targets, liked)
+
+    def tower_vectors(self, batch: np.ndarray):
+        """(user vectors, target item vectors) of history examples, from one encoder forward pass."""
+        torch = self.torch
+        histories, targets = batch[:, :-1], batch[:, -1]
+        if self.config.user_tower == "history-text":
+            tower = self.user_tower()
+            texts = [
+                tower.text([HistoryEntry(int(i), 0.0, 1.0) for i in h if i != NONE], self.texts) for h in histories
+            ]
+            users = self.tokenizer(texts, truncation=True, max_length=self.config.user_max_length)
+            items = self.tokenizer(
+                [self.texts[int(i)] for i in targets], truncation=True, max_length=self.config.max_length
+            )
+            encoded = self._embed(self.tokenizer.pad({k: users[k] + items[k] for k in users}, return_tensors="pt"))
+            return encoded[: len(batch)], encoded[len(batch) :]
+        # pooled: each distinct item of the batch encoded once; users pool their history's rows
+        ids, matrix = pooling_matrix(histories, ServerConfig.history_half_life)
+        distinct, row = np.unique(np.concatenate([ids, targets]), return_inverse=True)
+        encoded = self._encode(distinct)
+        encoded = encoded[torch.from_numpy(row).to(encoded.device)]  # rows of ids, then of targets
+        pooled = torch.from_numpy(matrix).to(encoded.device) @ encoded[: len(ids)]
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        users = torch.nn.functional.normalize(pooled + self.user_layer(pooled), dim=-1)
+        return users, encoded[len(ids) :]
+
+    def user_tower(self, encode=None) -> UserTower:
+        """The tower as trained so far, in the form evaluation and the service use."""
+        c = self.config
+        if c.user_tower == "items":
+            return UserTower()
+        weight = None
+        if self.user_layer is not None:
+            weight = getattr(self.user_layer, "module", self.user_layer).weight.detach().cpu().numpy().copy()
+        return UserTower(c.user_tower, c.history_items, c.user_max_length, weight, encode)
 
     def batches(self):
         size = self.config.batch_size
@@ -201,7 +288,7 @@ class ContrastiveTrainer:
                 loss = self.loss(next(batches))
                 self.optimizer.zero_grad()
                 loss.backward()
-                self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.torch.nn.utils.clip_grad_norm_(self._parameters(), 1.0)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
@@ -225,6 +312,10 @@ class ContrastiveTrainer:
         self.save(self.out_dir, summary)
         return summary
 
+    def _parameters(self) -> list:
+        layer = [] if self.user_layer is None else list(self.user_layer.parameters())
+        return list(self.model.parameters()) + layer
+
     def _validate(self, validate: Callable[[], dict]) -> dict:
         self.model.eval()
         metrics = validate()
@@ -240,6 +331,9 @@ class ContrastiveTrainer:
         out_dir.mkdir(parents=True, exist_ok=True)
         getattr(self.model, "module", self.model).save_pretrained(out_dir)  # unwrap DDP
         self.tokenizer.save_pretrained(out_dir)
+        tower = self.user_tower()
+        if tower.weight is not None:
+            np.save(out_dir / USER_TOWER_FILE, tower.weight)
         self.torch.save(
             {
                 "step": self.step,
@@ -263,25 +357,50 @@ class ContrastiveTrainer:
 
 def model_card(record: dict) -> str:
     c, s = record["config"], record.get("summary") or {}
-    lines = [
-        "# bertrec fine-tuned encoder",
-        "",
-        f"Started from `{c['init_from'] or 'all-MiniLM-L6-v2 (packaged)'}`; contrastive item-item training on items",
-        f"liked by the same user within {c['window']} interactions, in-batch negatives"
-        + (" with logQ popularity correction" if c["logq_correction"] else "")
-        + (
-            f", plus {c['hard_negatives']} hard negatives per anchor from its {c['hard_negative_pool']} nearest items."
+    tower = c.get("user_tower", "items")
+    started = f"Started from `{c['init_from'] or 'all-MiniLM-L6-v2 (packaged)'}`; "
+    logq = " with logQ popularity correction" if c["logq_correction"] else ""
+    if tower == "items":
+        hard = (
+            f", plus {c['hard_negatives']} hard negatives per anchor from its {c['hard_negative_pool']} nearest items"
             if c.get("hard_negatives")
-            else "."
-        ),
-        "",
+            else ""
+        )
+        lines = [
+            "# bertrec fine-tuned encoder",
+            "",
+            started + "contrastive item-item training on items",
+            f"liked by the same user within {c['window']} interactions, in-batch negatives{logq}{hard}.",
+            "",
+            "- user tower: `items`, the recency-weighted mean of the vectors of the user's liked items"
+            " (no learned layer)",
+        ]
+    else:
+        user = (
+            f"the recency-weighted mean of the item vectors of the user's latest {c['history_items']} liked items,"
+            f" then a learned residual layer v + Wv (`{USER_TOWER_FILE}`, learning rate {c['tower_lr']})"
+            if tower == "pooled"
+            else f"the same encoder over the user's latest {c['history_items']} liked titles, most recent first,"
+            f" joined with ' ; ' (at most {c['user_max_length']} tokens)"
+        )
+        lines = [
+            "# bertrec fine-tuned two-tower model",
+            "",
+            started + "contrastive user-item training: a user's history before each liked item is",
+            f"trained towards that item, against in-batch negatives{logq}.",
+            "",
+            "- item tower: the encoder over item text",
+            f"- user tower: `{tower}`, {user}",
+        ]
+    lines += [
         f"- data: the `{c['split']}` split's training interactions (split seed {c['split_seed']})",
         f"- parameters: epochs {c['epochs']}, batch {c['batch_size']}, lr {c['lr']}, temperature {c['temperature']},"
         f" frozen layers {c['freeze_layers']}, max length {c['max_length']}, seed {c['seed']}",
     ]
     if s:
         lines.append(
-            f"- steps {s.get('steps')}, pairs {s.get('pairs')}, loss {s.get('first_loss'):.3f} -> "
+            f"- steps {s.get('steps')}, {'pairs' if tower == 'items' else 'examples'} {s.get('pairs')},"
+            f" loss {s.get('first_loss'):.3f} -> "
             f"{s.get('last_loss'):.3f}, {s.get('train_s', 0):.0f}s"
         )
         if s.get("validation"):

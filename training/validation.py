@@ -1,4 +1,5 @@
-"""Validation during training: the service's recipe (pooled liked items) with the model being trained."""
+"""Validation during training: the service's recipe (the user tower being trained, cosine to every
+item) with the model being trained."""
 
 from __future__ import annotations
 
@@ -10,19 +11,25 @@ from bertrec.evaluation.runner import run_method
 from bertrec.evaluation.splits import Split
 
 
-def encode_with(trainer, dataset: Dataset, batch: int = 256) -> np.ndarray:
-    torch = trainer.torch
-    ids = np.array([i.id for i in dataset.items], dtype=np.int64)
-    out = []
+def _inference(trainer, encode, rows, batch: int) -> np.ndarray:
+    """`encode` over `rows` (item ids or texts) in chunks of `batch`, without dropout or gradients."""
     was_training = trainer.model.training
-    trainer.model.eval()  # no dropout: the vectors the service would compute
+    trainer.model.eval()  # the vectors the service would compute
     try:
-        with torch.inference_mode():
-            for start in range(0, len(ids), batch):
-                out.append(trainer._encode(ids[start : start + batch]).cpu().numpy())
+        with trainer.torch.inference_mode():
+            return np.concatenate([encode(rows[s : s + batch]).cpu().numpy() for s in range(0, len(rows), batch)])
     finally:
         trainer.model.train(was_training)
-    return np.concatenate(out)
+
+
+def encode_with(trainer, dataset: Dataset, batch: int = 256) -> np.ndarray:
+    ids = np.array([i.id for i in dataset.items], dtype=np.int64)
+    return _inference(trainer, trainer._encode, ids, batch)
+
+
+def encode_texts_with(trainer, texts: list[str], batch: int = 64) -> np.ndarray:
+    """User-side texts (the history-text tower) at the user side's token cap."""
+    return _inference(trainer, lambda t: trainer.encode_texts(t, trainer.config.user_max_length), texts, batch)
 
 
 def make_validator(trainer, dataset: Dataset, split: Split):
@@ -30,7 +37,8 @@ def make_validator(trainer, dataset: Dataset, split: Split):
 
     def validate() -> dict:
         vectors = encode_with(trainer, dataset)
-        result = run_method(ZeroShot(vectors), split, data)
+        tower = trainer.user_tower(encode=lambda texts: encode_texts_with(trainer, texts))
+        result = run_method(ZeroShot(vectors, tower=tower), split, data)
         return {"ndcg@10": round(result.mean("ndcg@10"), 5), "recall@20": round(result.mean("recall@20"), 5)}
 
     return validate

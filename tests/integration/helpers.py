@@ -26,6 +26,26 @@ def catalogue():
     return items, ratings
 
 
+def movielens_slice(n_items: int = CATALOGUE_SIZE):
+    """The first `n_items` test movies and their ratings as an evaluation Dataset."""
+    import numpy as np
+
+    from bertrec.evaluation.data import Dataset
+
+    items, ratings = catalogue()
+    items = items[:n_items]
+    ids = {i.id for i in items}
+    ratings = [r for r in ratings if r.item_id in ids]
+    return Dataset(
+        items,
+        np.array([r.user_id for r in ratings]),
+        np.array([r.item_id for r in ratings], np.int64),
+        np.array([r.timestamp for r in ratings], np.float64),
+        np.array([r.weight for r in ratings], np.float32),
+        positive_threshold=1.0,
+    )
+
+
 def make_config(data_dir, **sections):
     """Small, fast settings: two half-CPU replicas so several servers fit one 2-CPU Ray."""
     overrides = {

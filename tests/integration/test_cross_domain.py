@@ -5,31 +5,17 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from bertrec.evaluation.cross_domain import CrossDomainConfig, genre_domains, run_cross_domain, subsample
-from bertrec.evaluation.data import Dataset
 from bertrec.evaluation.splits import warm_split
-from tests.integration.helpers import catalogue
+from tests.integration.helpers import movielens_slice
 
 pytestmark = pytest.mark.integration
 
 
-def _slice() -> Dataset:
-    items, ratings = catalogue()
-    return Dataset(
-        items,
-        np.array([r.user_id for r in ratings]),
-        np.array([r.item_id for r in ratings], np.int64),
-        np.array([r.timestamp for r in ratings], np.float64),
-        np.array([r.weight for r in ratings], np.float32),
-        positive_threshold=1.0,
-    )
-
-
 def test_domains_are_disjoint_and_subsampling_keeps_a_share():
-    ds = _slice()
+    ds = movielens_slice()
     source, target = genre_domains(ds, ("Animation", "Children", "Fantasy"))
     source_ids, target_ids = {i.id for i in source.items}, {i.id for i in target.items}
     assert source_ids and target_ids and not source_ids & target_ids
@@ -44,7 +30,7 @@ def test_domains_are_disjoint_and_subsampling_keeps_a_share():
 
 def test_cross_domain_run_writes_its_report(tmp_path):
     config = CrossDomainConfig(fractions=(0.5, 1.0), source_steps=2, target_steps=2, batch_size=16)
-    report = run_cross_domain(_slice(), tmp_path, config)
+    report = run_cross_domain(movielens_slice(), tmp_path, config)
     rows = report["ndcg@10"]
     expected = {
         "pretrained (zero-shot)",

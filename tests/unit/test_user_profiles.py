@@ -53,3 +53,67 @@ def test_cached_profile_costs_one_key_lookup_and_follows_new_interactions(tmp_pa
 
     asyncio.run(scenario())
     assert (profiles.hits, profiles.misses) == (1, 2)
+
+
+def _tower_store(tmp_path, n=4):
+    from bertrec.store import SQLiteStore
+    from bertrec.types import Item
+
+    store = SQLiteStore(tmp_path)
+    rng = np.random.default_rng(1)
+    vectors = {i: v / np.linalg.norm(v) for i, v in enumerate(rng.standard_normal((n, 3)).astype(np.float32), 1)}
+    store.upsert_items([Item(i, f"Film {i} (2000)") for i in vectors], vectors, "m")
+    return store, vectors
+
+
+def test_pooled_tower_pools_the_latest_items_then_applies_its_layer(tmp_path):
+    import asyncio
+
+    from bertrec.server.users import UserProfiles, UserTower
+
+    store, vectors = _tower_store(tmp_path)
+    weight = np.arange(9, dtype=np.float32).reshape(3, 3) / 10
+    tower = UserTower("pooled", history_items=2, weight=weight)
+    profiles = UserProfiles(store, "m", 3, max_history=50, half_life=20.0, size=10, tower=tower)
+    profile = asyncio.run(profiles.for_history((1, 2, 3)))
+    entries = [HistoryEntry(i, float(n), 1.0) for n, i in enumerate((2, 3))]
+    v = pool_history(entries, vectors, 20.0, 3).vector  # the tower reads the latest two only
+    expected = (v + weight @ v) / np.linalg.norm(v + weight @ v)
+    np.testing.assert_allclose(profile.vector, expected, rtol=1e-5)
+    assert sorted(profile.history_ids.tolist()) == [1, 2, 3]  # every item still explains results
+    # W = 0 is plain pooling over the same items
+    zero = UserTower("pooled", history_items=2, weight=np.zeros((3, 3), np.float32))
+    np.testing.assert_allclose(zero.pooled(entries, vectors, 20.0, 3), v, rtol=1e-6)
+
+
+def test_history_text_tower_encodes_the_latest_titles_most_recent_first(tmp_path):
+    import asyncio
+
+    from bertrec.server.users import UserProfiles, UserTower
+
+    store, _ = _tower_store(tmp_path)
+    asked: list[list[str]] = []
+
+    async def encode(texts):
+        asked.append(texts)
+        return np.array([[0.0, 1.0, 0.0]], np.float32)
+
+    tower = UserTower("history-text", history_items=2)
+    profiles = UserProfiles(store, "m", 3, max_history=50, half_life=20.0, size=10, tower=tower, encode=encode)
+    profile = asyncio.run(profiles.for_history((1, 2, 3)))
+    assert asked == [["Film 3 (2000) ; Film 2 (2000)"]]
+    np.testing.assert_array_equal(profile.vector, [0.0, 1.0, 0.0])
+
+
+def test_tower_of_a_checkpoint(tmp_path):
+    import json
+
+    from bertrec.server.users import USER_TOWER_FILE, UserTower
+
+    assert UserTower.load("").kind == "items" and UserTower.load(str(tmp_path)).kind == "items"
+    config = {"user_tower": "pooled", "history_items": 7, "user_max_length": 64}
+    (tmp_path / "bertrec_training.json").write_text(json.dumps({"config": config}))
+    np.save(tmp_path / USER_TOWER_FILE, np.eye(3, dtype=np.float32))
+    tower = UserTower.load(str(tmp_path))
+    assert (tower.kind, tower.history_items, tower.max_length) == ("pooled", 7, 64)
+    np.testing.assert_array_equal(tower.weight, np.eye(3))
