@@ -155,6 +155,9 @@ class RerankConfig:
     """Candidates added from the collaborative model besides the text neighbours."""
     popular_candidates: int = 50
     """Candidates added by prior: observed popularity, or popularity predicted from text for cold items."""
+    neighbour_candidates: int = 50
+    """Candidates added among items without likes: those whose nearest liked items by text the
+    collaborative model favours for this user."""
     refit_interval_s: float = 600.0
     """How often the collaborative signals are refitted from the store's interactions."""
     cross_encoder_top_n: int = 50
@@ -274,8 +277,10 @@ def validate_config(config: Config) -> None:
     if bool(config.auth.tls_cert) != bool(config.auth.tls_key):
         raise ValueError("auth.tls_cert and auth.tls_key go together")
     r = config.rerank
-    if r.collaborative_candidates < 0 or r.popular_candidates < 0 or r.refit_interval_s <= 0:
-        raise ValueError("rerank: collaborative_candidates >= 0, popular_candidates >= 0, refit_interval_s > 0")
+    if min(r.collaborative_candidates, r.popular_candidates, r.neighbour_candidates) < 0 or r.refit_interval_s <= 0:
+        raise ValueError(
+            "rerank: collaborative_candidates, popular_candidates, neighbour_candidates >= 0; refit_interval_s > 0"
+        )
     if r.cross_encoder_top_n < 0:
         raise ValueError("rerank.cross_encoder_top_n must be >= 0")
 

@@ -1,8 +1,9 @@
 """Features of (user, candidate item) pairs for the fusion re-ranker.
 
 Scalars per pair plus the user's text vector, so the model also sees user ⊙ item. Collaborative
-features are zero for items nobody has liked yet; the model learns to fall back on text and the
-text-predicted popularity for those (it is trained on cold-item lists as well as warm ones).
+features are zero for items nobody has liked yet; the model learns to fall back on text, the
+text-predicted popularity and the collaborative scores of the item's nearest liked items by text
+for those (it is trained on cold-item lists as well as warm ones).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ SCALAR_FEATURES = (
     "ease_log_rank",
     "text_log_rank",
     "item_knn",
+    "neighbour_ease",
+    "neighbour_ease_z",
     "prior",
     "known",
     "recent_likes_30d",
@@ -66,7 +69,9 @@ def pair_features(user: UserContext, cols: np.ndarray, cand: np.ndarray, signals
         max_sim = (cand @ user.recent_vectors.T).max(1)
     else:
         max_sim = np.zeros(len(cols), np.float32)
-    ease = signals.gather(signals.collaborative_scores(user.history_cols), cols)
+    collaborative = signals.collaborative_scores(user.history_cols)
+    ease = signals.gather(collaborative, cols)
+    borrowed = signals.neighbour_scores(collaborative, cols, cand)
     # What the user liked lately predicts the next likes better than the whole history does.
     ease_recent = signals.gather(signals.collaborative_scores(user.history_cols[-RECENT_COLLABORATIVE:]), cols)
     knn = signals.gather(signals.collaborative_scores(user.history_cols, "knn"), cols)
@@ -85,6 +90,8 @@ def pair_features(user: UserContext, cols: np.ndarray, cand: np.ndarray, signals
         _log_rank(ease),
         _log_rank(text),
         knn,
+        borrowed,
+        _z(borrowed),
         signals.prior(cols, cand) / signals.pop_scale,
         known,
         np.log1p(signals.recent_likes(cols, user.now, 30)),

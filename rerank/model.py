@@ -19,7 +19,8 @@ CARD = "reranker.json"
 class _Member(nn.Module):
     def __init__(self, dim: int, n_scalars: int, interaction_dims: int, hidden: int):
         super().__init__()
-        self.interaction = nn.Linear(dim, interaction_dims, bias=False)
+        # Without it the model sees only the scalar signals: less to overfit on small data.
+        self.interaction = nn.Linear(dim, interaction_dims, bias=False) if interaction_dims else None
         self.mlp = nn.Sequential(
             nn.Linear(n_scalars + interaction_dims, hidden),
             nn.ReLU(),
@@ -29,6 +30,8 @@ class _Member(nn.Module):
         )
 
     def forward(self, scalars: torch.Tensor, crossed: torch.Tensor) -> torch.Tensor:
+        if self.interaction is None:
+            return self.mlp(scalars).squeeze(-1)
         return self.mlp(torch.cat([scalars, self.interaction(crossed)], dim=-1)).squeeze(-1)
 
 

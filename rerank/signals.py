@@ -1,5 +1,7 @@
 """Item signals fitted from the interaction log: liked counts, time-stamped popularity, a sparse
-EASE item-item model, and popularity predicted from text for items nobody has touched.
+EASE item-item model, popularity predicted from text for items nobody has touched, and each
+item's nearest liked items by text (how a cold item borrows the collaborative signal of the
+liked items that read like it).
 
 Everything is indexed by catalogue column so the evaluation (matrices over the catalogue) and the
 service (rows from the store) share one implementation.
@@ -13,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 DAY = 86_400.0
+TEXT_NEIGHBOURS = 20
 
 
 @dataclass
@@ -94,6 +97,50 @@ def fit_popularity_from_text(
     return coef.astype(np.float32), centre
 
 
+class TextNeighbours:
+    """The `k` nearest items with likes, by text, of any vector: exact inner product (FAISS flat)
+    over the liked items' vectors, an item never its own neighbour."""
+
+    def __init__(self, vectors: np.ndarray, known: np.ndarray, k: int = TEXT_NEIGHBOURS):
+        import faiss
+
+        self.known_cols = np.flatnonzero(known)
+        self.k = min(k, len(self.known_cols))
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        if len(self.known_cols):
+            self.index.add(np.ascontiguousarray(vectors[self.known_cols], np.float32))
+        self.cols, self.sims = self.search(vectors, np.arange(len(vectors)))
+
+    def search(self, vectors: np.ndarray, own_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cols, weights), each (len(vectors), k): neighbour columns (-1 where none) and their
+        similarities clipped at 0. `own_cols`: each vector's own column (-1 for none)."""
+        n = len(vectors)
+        if self.k == 0 or n == 0:
+            return np.full((n, max(self.k, 1)), -1, np.int64), np.zeros((n, max(self.k, 1)), np.float32)
+        sims, ix = self.index.search(np.ascontiguousarray(vectors, np.float32), min(self.k + 1, len(self.known_cols)))
+        cols = np.where(ix >= 0, self.known_cols[np.maximum(ix, 0)], -1)
+        sims = np.where((cols == own_cols[:, None]) | (cols < 0), -np.inf, sims)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, : self.k]  # drop self, keep the k best
+        cols = np.take_along_axis(cols, order, 1)
+        sims = np.take_along_axis(sims, order, 1)
+        return np.where(np.isfinite(sims), cols, -1), np.clip(np.nan_to_num(sims, neginf=0.0), 0, None)
+
+    def of(self, cols: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of candidates: from the table for fitted columns, searched for the rest."""
+        out_cols = self.cols[np.maximum(cols, 0)].copy()
+        out_sims = self.sims[np.maximum(cols, 0)].copy()
+        missing = np.flatnonzero(cols < 0)
+        if len(missing):
+            out_cols[missing], out_sims[missing] = self.search(vectors[missing], cols[missing])
+        return out_cols, out_sims
+
+    @staticmethod
+    def borrow(scores: np.ndarray, cols: np.ndarray, sims: np.ndarray) -> np.ndarray:
+        """Similarity-weighted mean of per-column `scores` over each row's neighbours."""
+        picked = np.where(cols >= 0, scores[np.maximum(cols, 0)], 0.0)
+        return ((picked * sims).sum(1) / (sims.sum(1) + 1e-9)).astype(np.float32)
+
+
 @dataclass
 class ItemSignals:
     counts: np.ndarray  # likes per item column
@@ -104,6 +151,7 @@ class ItemSignals:
     ease: sp.csr_matrix  # items x items, sparse
     knn: sp.csr_matrix  # items x items cosine neighbours, sparse
     pop_scale: float  # std of log popularity over known items, to put both priors on one scale
+    neighbours: TextNeighbours
 
     @classmethod
     def fit(cls, interactions: Interactions, vectors: np.ndarray, l2: float = 100.0, keep: int = 256) -> ItemSignals:
@@ -121,7 +169,8 @@ class ItemSignals:
         scale = float(log_pop[known].std()) if known.sum() > 1 else 1.0
         ease = fit_ease(x, l2, keep)
         knn = fit_item_knn(x, keep=100)
-        return cls(counts, coef, centre, first_seen, like_times, ease, knn, scale or 1.0)
+        neighbours = TextNeighbours(vectors, known)
+        return cls(counts, coef, centre, first_seen, like_times, ease, knn, scale or 1.0, neighbours)
 
     def prior(self, cols: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Observed log popularity where known, text-predicted where not (including items the
@@ -143,6 +192,12 @@ class ItemSignals:
         if len(history_cols) == 0:
             return np.zeros(weights.shape[1], np.float32)
         return np.asarray(weights[np.unique(history_cols)].sum(0)).ravel()
+
+    def neighbour_scores(self, scores: np.ndarray, cols: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Per-column collaborative `scores` as the candidates' nearest liked items by text have
+        them: a cold item reads like the liked items the user's collaborative model favours."""
+        n_cols, sims = self.neighbours.of(cols, vectors)
+        return TextNeighbours.borrow(scores, n_cols, sims)
 
     def recent_likes(self, cols: np.ndarray, now: float, window_days: float) -> np.ndarray:
         """Likes each item got in the `window_days` before `now`."""

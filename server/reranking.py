@@ -109,22 +109,37 @@ class ServingReranker:
 
     def extra_candidates(self, history: list[HistoryEntry], exclude: set[int]) -> list[int]:
         """Candidates text retrieval would miss: the collaborative model's best items for this
-        history, then the highest-prior items (popular, or cold with text that predicts likes)."""
+        history, the items without likes whose nearest liked items by text it favours, then the
+        highest-prior items (popular, or cold with text that predicts likes)."""
         fitted = self.fitted
         if fitted is None:
             return []
         out: list[int] = []
         context = self._context(fitted, history, np.zeros(fitted.vectors.shape[1], np.float32))
-        if len(context.history_cols) and self.config.collaborative_candidates:
-            scores = fitted.signals.collaborative_scores(context.history_cols)
-            scores[fitted.signals.counts == 0] = -np.inf
-            top = np.argsort(-scores)[: self.config.collaborative_candidates + len(exclude)]
-            ids = [int(fitted.ids[c]) for c in top if np.isfinite(scores[c])]
-            out = [i for i in ids if i not in exclude][: self.config.collaborative_candidates]
+        signals = fitted.signals
+        if len(context.history_cols):
+            collaborative = signals.collaborative_scores(context.history_cols)
+            known = signals.counts > 0
+            best_known = np.where(known, collaborative, -np.inf)
+            out = self._best(fitted, best_known, exclude, self.config.collaborative_candidates)
+            if self.config.neighbour_candidates and not known.all():
+                cold = np.flatnonzero(~known)
+                borrowed = np.full(len(known), -np.inf, np.float32)
+                borrowed[cold] = signals.neighbour_scores(collaborative, cold, fitted.vectors[cold])
+                out += self._best(fitted, borrowed, exclude | set(out), self.config.neighbour_candidates)
         taken = exclude | set(out)
         popular = (int(fitted.ids[c]) for c in fitted.by_prior[: self.config.popular_candidates + len(taken)])
         out += [i for i in popular if i not in taken][: self.config.popular_candidates]
         return out
+
+    @staticmethod
+    def _best(fitted: FittedSignals, scores: np.ndarray, exclude: set[int], n: int) -> list[int]:
+        """Ids of the `n` best finite `scores` (per signal column), skipping `exclude`."""
+        if n <= 0:
+            return []
+        top = np.argsort(-scores)[: n + len(exclude)]
+        ids = [int(fitted.ids[c]) for c in top if np.isfinite(scores[c])]
+        return [i for i in ids if i not in exclude][:n]
 
     def score(
         self,

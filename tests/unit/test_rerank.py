@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from bertrec.rerank.features import SCALAR_FEATURES, UserContext, pair_features
 from bertrec.rerank.model import FusionReranker
-from bertrec.rerank.signals import DAY, Interactions, ItemSignals, fit_ease
+from bertrec.rerank.signals import DAY, Interactions, ItemSignals, TextNeighbours, fit_ease
 from bertrec.rerank.training import CandidateLists, RerankTraining, train_reranker
 
 
@@ -81,12 +82,51 @@ def _synthetic_lists(n_lists=120, width=20, dim=8, seed=0) -> tuple[CandidateLis
     return CandidateLists(scalars, cols, users, labels, mask, ["warm"] * n_lists), _vectors(50, dim, seed + 2)
 
 
-def test_training_learns_the_planted_signal_and_survives_save_and_load(tmp_path):
+@pytest.mark.parametrize("interaction_dims", [16, 0])
+def test_training_learns_the_planted_signal_and_survives_save_and_load(tmp_path, interaction_dims):
     lists, vectors = _synthetic_lists()
-    model, summary = train_reranker(lists, vectors, RerankTraining(members=2, epochs=30, lr=3e-3))
+    config = RerankTraining(members=2, epochs=30, lr=3e-3, interaction_dims=interaction_dims)
+    model, summary = train_reranker(lists, vectors, config)
     assert summary["holdout_ndcg@10"] > 0.8  # random order would give about 0.3 here
     scores = model.score(lists.scalars[:5], lists.users[:5], vectors[lists.cols[:5]])
     model.save(tmp_path / "rr", {"encoder": "test"})
     loaded, card = FusionReranker.load(tmp_path / "rr")
     assert card["encoder"] == "test" and card["shape"]["members"] == 2
+    assert card["shape"]["interaction_dims"] == interaction_dims
     np.testing.assert_allclose(loaded.score(lists.scalars[:5], lists.users[:5], vectors[lists.cols[:5]]), scores)
+
+
+def test_text_neighbours_are_liked_items_never_the_item_itself():
+    inter = _interactions()
+    v = _vectors()
+    s = ItemSignals.fit(inter, v, l2=1.0, keep=5)
+    nb = s.neighbours
+    assert nb.k == 4  # items 0..3 have likes; item 4 does not
+    for col in range(5):
+        cols = nb.cols[col][nb.cols[col] >= 0]
+        assert col not in cols and set(cols.tolist()) <= {0, 1, 2, 3}
+        expected = sorted(({0, 1, 2, 3} - {col}), key=lambda j: -float(v[col] @ v[j]))
+        assert cols.tolist() == expected
+    # an item the signals have no column for is searched, and may meet every liked item
+    cols, sims = nb.of(np.array([-1]), v[[4]])
+    np.testing.assert_array_equal(cols[0], nb.cols[4])
+    np.testing.assert_allclose(sims[0], nb.sims[4], rtol=1e-5)
+    assert (sims >= 0).all()
+
+
+def test_neighbour_scores_are_the_similarity_weighted_mean_of_the_neighbours():
+    cols = np.array([[1, 2, -1]])
+    sims = np.array([[0.5, 0.25, 0.0]], np.float32)
+    scores = np.array([10.0, 4.0, 8.0])
+    got = TextNeighbours.borrow(scores, cols, sims)
+    np.testing.assert_allclose(got, [(0.5 * 4 + 0.25 * 8) / 0.75], rtol=1e-6)
+    # a cold item borrows its neighbours' collaborative scores in pair features
+    inter = _interactions()
+    v = _vectors()
+    s = ItemSignals.fit(inter, v, l2=1.0, keep=5)
+    user = UserContext(np.array([0, 1]), v[[0, 1]], v[0], now=10 * DAY)
+    f = dict(zip(SCALAR_FEATURES, pair_features(user, np.array([4]), v[[4]], s).T))
+    collaborative = s.collaborative_scores(np.array([0, 1]))
+    expected = TextNeighbours.borrow(collaborative, s.neighbours.cols[[4]], s.neighbours.sims[[4]])
+    np.testing.assert_allclose(f["neighbour_ease"], expected, rtol=1e-5)
+    assert f["ease"][0] == 0 and f["neighbour_ease"][0] != 0
