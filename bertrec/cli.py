@@ -308,7 +308,7 @@ def _train_reranker(args: argparse.Namespace) -> int:
     dataset = _load_dataset(args)
     model = args.model or default_model_path()
     vectors = encode_catalogue(dataset, model, Path(args.out) / "cache")
-    config = RerankTraining(members=args.members, seed=args.seed)
+    config = RerankTraining(seed=args.seed, **({"members": args.members} if args.members else {}))
     cross_encoder = None
     if args.kind == "cross-encoder":
         from bertrec.rerank.cross_encoder import CrossEncoderTraining
@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_flags(rr)
     rr.add_argument("--out", required=True, help="re-ranker folder")
     rr.add_argument("--model", help="the encoder the service runs (default: packaged MiniLM)")
-    rr.add_argument("--members", type=int, default=3, help="independently seeded MLPs averaged")
+    rr.add_argument("--members", type=int, help="independently seeded MLPs averaged (default 6)")
     rr.add_argument(
         "--kind", choices=["fusion", "cross-encoder"], default="fusion", help="cross-encoder: fusion, then BERT pairs"
     )

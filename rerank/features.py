@@ -1,6 +1,6 @@
 """Features of (user, candidate item) pairs for the fusion re-ranker.
 
-Scalars per pair plus the user's text vector, so the model also sees user ⊙ item. Collaborative
+Scalars per pair plus the user's text vector (for the optional user ⊙ item projection). Collaborative
 features are zero for items nobody has liked yet; the model learns to fall back on text, the
 text-predicted popularity and the collaborative scores of the item's nearest liked items by text
 for those (it is trained on cold-item lists as well as warm ones).

@@ -1,5 +1,5 @@
-"""The fusion re-ranker: (user ⊙ item) through a learned projection, joined with scalar signals,
-scored by a small MLP. Saved as a folder: weights plus a JSON card (features, scaling, metrics)."""
+"""The fusion re-ranker: scalar signals (optionally joined with a learned projection of
+user ⊙ item) scored by a small MLP. Saved as a folder: weights plus a JSON card (features, scaling, metrics)."""
 
 from __future__ import annotations
 
