@@ -125,12 +125,14 @@ class TextNeighbours:
         sims = np.take_along_axis(sims, order, 1)
         return np.where(np.isfinite(sims), cols, -1), np.clip(np.nan_to_num(sims, neginf=0.0), 0, None)
 
-    def of(self, cols: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Neighbours of candidates: from the table for fitted columns, searched for the rest."""
+    def of(self, cols: np.ndarray, vectors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbours of candidates: from the table for fitted columns, searched for the rest
+        (`vectors`, aligned with `cols`, is needed only when some column is -1)."""
         out_cols = self.cols[np.maximum(cols, 0)].copy()
         out_sims = self.sims[np.maximum(cols, 0)].copy()
         missing = np.flatnonzero(cols < 0)
         if len(missing):
+            assert vectors is not None, "items without a column need their vectors"
             out_cols[missing], out_sims[missing] = self.search(vectors[missing], cols[missing])
         return out_cols, out_sims
 
@@ -193,7 +195,7 @@ class ItemSignals:
             return np.zeros(weights.shape[1], np.float32)
         return np.asarray(weights[np.unique(history_cols)].sum(0)).ravel()
 
-    def neighbour_scores(self, scores: np.ndarray, cols: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    def neighbour_scores(self, scores: np.ndarray, cols: np.ndarray, vectors: np.ndarray | None = None) -> np.ndarray:
         """Per-column collaborative `scores` as the candidates' nearest liked items by text have
         them: a cold item reads like the liked items the user's collaborative model favours."""
         n_cols, sims = self.neighbours.of(cols, vectors)

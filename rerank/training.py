@@ -72,7 +72,7 @@ def retrieve(
         picks.append(known[top_indices(collaborative[known], config.collaborative_candidates)])
     cold = allowed[signals.counts_of(allowed) == 0]
     if config.neighbour_candidates and len(cold) and len(user.history_cols):
-        borrowed = signals.neighbour_scores(collaborative, cold, vectors[cold])
+        borrowed = signals.neighbour_scores(collaborative, cold)
         picks.append(cold[top_indices(borrowed, config.neighbour_candidates)])
     if config.popular_candidates:
         # Items text similarity alone would miss: what everyone likes, and cold items whose text

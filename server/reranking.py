@@ -125,7 +125,7 @@ class ServingReranker:
             if self.config.neighbour_candidates and not known.all():
                 cold = np.flatnonzero(~known)
                 borrowed = np.full(len(known), -np.inf, np.float32)
-                borrowed[cold] = signals.neighbour_scores(collaborative, cold, fitted.vectors[cold])
+                borrowed[cold] = signals.neighbour_scores(collaborative, cold)
                 out += self._best(fitted, borrowed, exclude | set(out), self.config.neighbour_candidates)
         taken = exclude | set(out)
         popular = (int(fitted.ids[c]) for c in fitted.by_prior[: self.config.popular_candidates + len(taken)])
