@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 BERTREC := $(VENV)/bin/bertrec
 
-.PHONY: setup demo test lint protos protos-check bench bench-index bench-recommend bench-encode
+.PHONY: setup demo test lint protos protos-check bench bench-index bench-recommend bench-encode bench-gpu
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -45,3 +45,8 @@ bench-encode:
 # stage shares, memory, 1 vs 2 replicas (long: the 1M catalogue is written to SQLite and searched exactly).
 bench-recommend:
 	$(PYTHON) bench/recommend.py
+
+# The encode / index / recommend figures on a CUDA machine (fp16 GPU replicas, FAISS GPU index)
+# beside the CPU figures in bench/results/; says so and does nothing without a CUDA GPU.
+bench-gpu:
+	$(PYTHON) bench/gpu.py

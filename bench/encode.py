@@ -75,6 +75,15 @@ def movielens_texts(tokenizer, target_tokens: int, n: int) -> list[str]:
     return texts
 
 
+def measurement_texts(tokenizer, counts: dict[str, int]) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """`counts[length]` texts of each length in LENGTHS, and their mean token count."""
+    texts = {length: movielens_texts(tokenizer, target, counts[length]) for length, target in LENGTHS.items()}
+    token_means = {
+        length: statistics.mean(len(ids) for ids in tokenizer(batch)["input_ids"]) for length, batch in texts.items()
+    }
+    return texts, token_means
+
+
 def in_process_rate(model, texts: list[str]) -> tuple[float, float]:
     """(texts/s, CPU seconds per text) of sentence-transformers encode in this process."""
     began, cpu = time.perf_counter(), time.process_time()
@@ -85,10 +94,10 @@ def in_process_rate(model, texts: list[str]) -> tuple[float, float]:
 class Server:
     """A served bertrec with no catalogue, and the CPU accounting of its process tree."""
 
-    def __init__(self, data_dir: Path, log: Path, replicas: int, threads: int):
+    def __init__(self, data_dir: Path, log: Path, replicas: int, threads: int, *extra: str):
         env = {"BERTREC_WORKERS_CPUS_PER_REPLICA": str(threads)}  # also each replica's torch threads
         self.label = f"{replicas} x {threads} thread{'s' if threads > 1 else ''}"
-        self.served = ServedBertrec(data_dir, "--no-demo", "--replicas", str(replicas), log=log, env=env)
+        self.served = ServedBertrec(data_dir, "--no-demo", "--replicas", str(replicas), *extra, log=log, env=env)
         self.target = self.served.target
 
     def cpu(self) -> dict[str, float]:
@@ -152,17 +161,22 @@ def configure(target: str, **settings) -> None:
         client.configure_batching(**settings)
 
 
+def measure_texts(model, batch: list[str], a: Server, servers: tuple[Server, ...], out: dict) -> None:
+    """In-process, then the service `a` at every caller count with 1 and BATCH texts per request."""
+    idle0, began = sum(sum(s.cpu().values()) for s in servers), time.perf_counter()
+    rate, cpu_per_text = in_process_rate(model, batch)
+    idle = (sum(sum(s.cpu().values()) for s in servers) - idle0) / (time.perf_counter() - began)
+    # The idle servers' CPU while in-process runs (cores busy with them): it slows the baseline.
+    record = {"texts_per_s": rate, "cpu_ms_per_text": cpu_per_text * 1000, "idle_servers_cores": idle}
+    out["in_process"].append(record)
+    for callers in CALLERS:
+        for mode, per_request in (("single", 1), ("batched", BATCH)):
+            out[f"{mode}_{callers}"].append(service_rate(a, batch, callers, per_request))
+
+
 def run_round(model, texts: dict[str, list[str]], a: Server, b: Server, out: dict) -> None:
     for length, batch in texts.items():
-        idle0, began = sum(a.cpu().values()) + sum(b.cpu().values()), time.perf_counter()
-        rate, cpu_per_text = in_process_rate(model, batch)
-        idle = (sum(a.cpu().values()) + sum(b.cpu().values()) - idle0) / (time.perf_counter() - began)
-        # The idle servers' CPU while in-process runs (cores busy with them): it slows the baseline.
-        record = {"texts_per_s": rate, "cpu_ms_per_text": cpu_per_text * 1000, "idle_servers_cores": idle}
-        out[length]["in_process"].append(record)
-        for callers in CALLERS:
-            for mode, per_request in (("single", 1), ("batched", BATCH)):
-                out[length][f"{mode}_{callers}"].append(service_rate(a, batch, callers, per_request))
+        measure_texts(model, batch, a, (a, b), out[length])
         configure(a.target, max_batch_size=1)  # (a): one text per model call, nothing merged
         try:
             out[length]["per_request_32"].append(service_rate(a, batch, 32, 1))
@@ -194,8 +208,10 @@ def summarise(raw: dict, token_means: dict) -> dict:
             }
         row["in_process_cpu_ms_per_text"] = median(runs["in_process"], "cpu_ms_per_text")
         row["idle_servers_cores_during_in_process"] = median(runs["in_process"], "idle_servers_cores")
-        row["batching_gain_32"] = row["single_32"]["texts_per_s"] / row["per_request_32"]["texts_per_s"]
-        row["two_replicas_vs_one_32"] = row["single_32"]["texts_per_s"] / row["one_replica_2_threads_32"]["texts_per_s"]
+        if "per_request_32" in row and "one_replica_2_threads_32" in row:  # (a) and (b) were measured
+            row["batching_gain_32"] = row["single_32"]["texts_per_s"] / row["per_request_32"]["texts_per_s"]
+            one = row["one_replica_2_threads_32"]["texts_per_s"]
+            row["two_replicas_vs_one_32"] = row["single_32"]["texts_per_s"] / one
         summary[length] = row
     return summary
 
@@ -299,11 +315,7 @@ def main() -> int:
 
     torch.set_num_threads(2)
     model = SentenceTransformer(default_model_path(), device="cpu")
-    texts = {length: movielens_texts(model.tokenizer, target, counts[length]) for length, target in LENGTHS.items()}
-    token_means = {
-        length: statistics.mean(len(ids) for ids in model.tokenizer(batch)["input_ids"])
-        for length, batch in texts.items()
-    }
+    texts, token_means = measurement_texts(model.tokenizer, counts)
     model.encode(texts["short"][:64])  # warm-up
     log = RESULTS / f"{name}-server.log"
     log.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """Recommend benchmark: latency, throughput, stage shares and memory through the real service, 10k to 1M items.
 
     python bench/recommend.py [--sizes 10000,100000,1000000] [--concurrency 1,8,32] [--requests 600]
-                              [--replicas 2,1] [--replica-size N] [--users 300] [--index Flat] [--quick]
+                              [--replicas 2,1] [--replica-size N] [--users 300] [--index Flat]
+                              [--use-gpu no] [--quick]
 
 Catalogue. For each size a fresh data dir is filled straight through the store API
 (`SQLiteStore.upsert_items`) with items and their vectors, stored under the fingerprint
@@ -24,9 +25,10 @@ transport, protobuf, the client's event loop). gRPC + pool overhead = end-to-end
 = those two together (no encoder-pool call is on this path for known users).
 
 Baseline of the same run: the same work in-process, without gRPC, asyncio or SQLite: bertrec's
-`FaissIndex` (same factory) over the same vectors, batch 1, the same user vectors (`pool_history`),
-fetch pool + seen, drop seen, exact re-scoring of the 200-item pool, top 10, explanations; timed
-in rounds alternating with the service's concurrency levels, pooled.
+`FaissIndex` (same factory; with `--use-gpu auto` it and the server's index are on the GPU) over
+the same vectors, batch 1, the same user vectors (`pool_history`), fetch pool + seen, drop seen,
+exact re-scoring of the 200-item pool, top 10, explanations; timed in rounds alternating with the
+service's concurrency levels, pooled.
 
 Scaling: p50/p99 at concurrency 8 and memory (RSS of the server process and of its descendants:
 Ray's GCS, raylet and replica workers, read from /proc) versus size, and versus each `--replicas`
@@ -216,12 +218,12 @@ class InProcess:
     """Recommend's arithmetic without gRPC, asyncio or SQLite, batch 1, on the same vectors. Timed
     in rounds alternating with the service's, so machine noise hits both alike."""
 
-    def __init__(self, vectors: np.ndarray, users: dict, factory: str):
+    def __init__(self, vectors: np.ndarray, users: dict, factory: str, use_gpu: str = "no"):
         from bertrec.server.users import pool_history
         from bertrec.workers.index import FaissIndex
 
         self.vectors = vectors
-        self.index = FaissIndex(vectors.shape[1], factory, use_gpu="no")
+        self.index = FaissIndex(vectors.shape[1], factory, use_gpu=use_gpu)
         self.index.add(np.arange(1, len(vectors) + 1), vectors)
         self.profiles = []
         for history in users.values():
@@ -266,7 +268,7 @@ def run_size(n: int, args, catalogue: Catalogue, movie_ids: np.ndarray, titles: 
 
     vectors, bases = catalogue.items(n, seed=n)
     users = make_users(histories, movie_ids, bases, args.users, seed=n)
-    in_process = InProcess(vectors, users, args.index)
+    in_process = InProcess(vectors, users, args.index, args.use_gpu)
     query = {u: convert.recommend_query_to_pb(RecommendQuery(UserQuery(user_id=u), k=K)) for u in users}
     warm = list(query.values())
     requests = [warm[i % len(warm)] for i in range(args.requests)]
@@ -278,7 +280,8 @@ def run_size(n: int, args, catalogue: Catalogue, movie_ids: np.ndarray, titles: 
         write_s = time.perf_counter() - began
         for replicas in args.replicas if n == args.replica_size else args.replicas[:1]:
             # The first start builds the index from the stored vectors; later ones load its snapshot.
-            server = ServedBertrec(data, "--no-demo", "--replicas", str(replicas), "--index", args.index, log=args.log)
+            extra = ("--no-demo", "--replicas", str(replicas), "--index", args.index)
+            server = ServedBertrec(data, *extra, log=args.log, env={"BERTREC_INDEX_USE_GPU": args.use_gpu})
             try:
                 asyncio.run(drive(server.target, warm, 8, f"warm-{n}"))  # every user once: warm user cache
                 levels = args.concurrency if replicas == args.replicas[0] else [TARGET_CONCURRENCY]
@@ -420,6 +423,9 @@ def main() -> int:
     parser.add_argument("--replica-size", type=int, default=0, help="size of the replica sweep (0 = middle size)")
     parser.add_argument("--users", type=int, default=300, help="synthetic users with 20-50 likes each")
     parser.add_argument("--index", default="Flat", help="FAISS factory string, for the server and the baseline")
+    parser.add_argument(
+        "--use-gpu", default="no", choices=["no", "auto"], help="index.use_gpu, for the server and the baseline"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2k and 5k items, 200 requests, 100 users")
     parser.add_argument("--out", default="", help="result name (default recommend, or recommend-quick)")
     args = parser.parse_args()
