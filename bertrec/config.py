@@ -158,6 +158,9 @@ class RerankConfig:
     neighbour_candidates: int = 50
     """Candidates added among items without likes: those whose nearest liked items by text the
     collaborative model favours for this user."""
+    ease_max_items: int = 20_000
+    """The collaborative (EASE) model covers this many most-liked items; its fit inverts a dense
+    matrix of that size (20k items: ~7 GB at peak while fitting). Less-liked items are scored like cold ones."""
     refit_interval_s: float = 600.0
     """How often the collaborative signals are refitted from the store's interactions."""
     cross_encoder_top_n: int = 50
@@ -283,6 +286,8 @@ def validate_config(config: Config) -> None:
         )
     if r.cross_encoder_top_n < 0:
         raise ValueError("rerank.cross_encoder_top_n must be >= 0")
+    if r.ease_max_items < 1:
+        raise ValueError("rerank.ease_max_items must be >= 1")
 
 
 def check_batching(

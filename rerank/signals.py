@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 DAY = 86_400.0
 TEXT_NEIGHBOURS = 20
+EASE_MAX_ITEMS = 20_000  # EASE inverts an items x items float64 matrix: 20k items peak ~7 GB
 
 
 @dataclass
@@ -37,18 +38,26 @@ class Interactions:
         return x
 
 
-def fit_ease(x: sp.csr_matrix, l2: float, keep: int) -> sp.csr_matrix:
+def fit_ease(x: sp.csr_matrix, l2: float, keep: int, max_items: int = EASE_MAX_ITEMS) -> sp.csr_matrix:
     """Steck's EASE on items with at least one like, sparsified to the `keep` largest weights per
-    target item so serving holds O(items * keep) floats instead of a dense items^2 matrix."""
+    target item so serving holds O(items * keep) floats instead of a dense items^2 matrix.
+
+    The fit inverts a dense matrix over those items, so only the `max_items` most-liked take part
+    (memory grows with its square, time with its cube); the long tail beyond gets no EASE score
+    and is treated like a cold item (text, predicted popularity, its liked text neighbours)."""
     n_items = x.shape[1]
-    active = np.flatnonzero(np.asarray(x.sum(0)).ravel() > 0)
+    likes = np.asarray(x.sum(0)).ravel()
+    active = np.flatnonzero(likes > 0)
+    if len(active) > max_items:
+        active = np.sort(active[np.argsort(-likes[active], kind="stable")[:max_items]])
     if len(active) == 0:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
     xa = x[:, active].astype(np.float64)
     gram = (xa.T @ xa).toarray()
     gram[np.diag_indices_from(gram)] += l2
-    p = np.linalg.inv(gram)
-    b = p / (-np.diag(p))
+    b = np.linalg.inv(gram)
+    del gram  # peak memory: two items^2 float64 matrices, not three
+    b /= -np.diag(b).copy()
     np.fill_diagonal(b, 0.0)
     b = b.astype(np.float32)
     if keep < len(active):
@@ -156,7 +165,14 @@ class ItemSignals:
     neighbours: TextNeighbours
 
     @classmethod
-    def fit(cls, interactions: Interactions, vectors: np.ndarray, l2: float = 100.0, keep: int = 256) -> ItemSignals:
+    def fit(
+        cls,
+        interactions: Interactions,
+        vectors: np.ndarray,
+        l2: float = 100.0,
+        keep: int = 256,
+        ease_max_items: int = EASE_MAX_ITEMS,
+    ) -> ItemSignals:
         x = interactions.matrix()
         counts = np.asarray(x.sum(0)).ravel().astype(np.float32)
         log_pop = np.log1p(counts)
@@ -169,7 +185,7 @@ class ItemSignals:
         like_times = [times[bounds[c] : bounds[c + 1]] for c in range(interactions.n_items)]
         first_seen = np.array([t[0] if len(t) else np.inf for t in like_times])
         scale = float(log_pop[known].std()) if known.sum() > 1 else 1.0
-        ease = fit_ease(x, l2, keep)
+        ease = fit_ease(x, l2, keep, ease_max_items)
         knn = fit_item_knn(x, keep=100)
         neighbours = TextNeighbours(vectors, known)
         return cls(counts, coef, centre, first_seen, like_times, ease, knn, scale or 1.0, neighbours)

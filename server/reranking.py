@@ -73,7 +73,9 @@ class ServingReranker:
         user_row: dict[str, int] = {}
         rows = np.array([user_row.setdefault(u, len(user_row)) for u in users], np.int64)
         interactions = Interactions(rows[keep], cols[keep], times[keep], len(user_row), len(ids))
-        signals = ItemSignals.fit(interactions, vectors, self.card["ease_l2"], self.card["ease_keep"])
+        signals = ItemSignals.fit(
+            interactions, vectors, self.card["ease_l2"], self.card["ease_keep"], self.config.ease_max_items
+        )
         took = time.perf_counter() - began
         logger.info("re-ranker signals fitted: %d items, %d likes, %.1fs", len(ids), int(keep.sum()), took)
         by_prior = np.argsort(-signals.prior(np.arange(len(ids)), vectors), kind="stable")

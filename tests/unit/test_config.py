@@ -45,6 +45,8 @@ def test_config_file_from_environment(tmp_path):
         {"BERTREC_INDEX_NPROBE": "-1"},
         {"BERTREC_INDEX_EF_SEARCH": "-64"},
         {"BERTREC_INDEX_NPROBE": "auto"},  # auto is 0
+        {"BERTREC_RERANK_EASE_MAX_ITEMS": "0"},
+        {"BERTREC_RERANK_NEIGHBOUR_CANDIDATES": "-1"},
     ],
 )
 def test_bad_values_are_refused(env):

@@ -38,6 +38,19 @@ def test_sparse_ease_keeping_everything_equals_the_closed_form():
     assert ((kept != 0).sum(0) <= 2).all()
 
 
+def test_ease_over_the_most_liked_items_only_when_capped():
+    rng = np.random.default_rng(2)
+    x = sp.csr_matrix(rng.random((40, 8)) < np.linspace(0.9, 0.1, 8), dtype=np.float32)
+    likes = np.asarray(x.sum(0)).ravel()
+    top = np.sort(np.argsort(-likes, kind="stable")[:5])
+    capped = fit_ease(x, 3.0, keep=8, max_items=5).toarray()
+    rest = np.setdiff1d(np.arange(8), top)
+    assert not capped[rest].any() and not capped[:, rest].any()
+    # Among the kept items it is EASE fitted on their columns alone.
+    expected = fit_ease(sp.csr_matrix(x[:, top]), 3.0, keep=8).toarray()
+    np.testing.assert_allclose(capped[np.ix_(top, top)], expected, atol=1e-6)
+
+
 def test_item_signals_counts_recency_and_text_prior():
     inter = _interactions()
     v = _vectors()
