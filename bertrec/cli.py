@@ -248,6 +248,8 @@ def _train(args: argparse.Namespace) -> int:
     from bertrec.training.trainer import ContrastiveTrainer, TrainConfig
     from bertrec.training.validation import make_validator
 
+    if args.keep_best and (args.workers > 1 or args.no_validate):
+        raise SystemExit("--keep-best needs validation on one worker (not --workers > 1 or --no-validate)")
     dataset = _load_dataset(args)
     split = SPLITS[args.split](dataset, seed=args.split_seed)
     config = TrainConfig(
@@ -292,7 +294,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         trainer.resume(Path(args.resume))
     validate = make_validator(trainer, dataset, validation) if validation else None
-    summary = trainer.train(validate, validate_every=args.validate_every, checkpoint_every=args.checkpoint_every)
+    summary = trainer.train(
+        validate, validate_every=args.validate_every, checkpoint_every=args.checkpoint_every, keep_best=args.keep_best
+    )
     print(json.dumps(summary, indent=2))
     print(f"checkpoint: {args.out}")
     return 0
@@ -337,7 +341,7 @@ def _cross_domain(args: argparse.Namespace) -> int:
         fractions=tuple(float(f) for f in args.fractions.split(",")),
         source_steps=args.source_steps,
         target_steps=args.target_steps,
-        seed=args.seed,
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
     )
     run_cross_domain(_load_dataset(args), Path(args.out), config)
     print((Path(args.out) / "cross_domain.md").read_text())
@@ -438,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--validate-every", type=int, default=0, help="steps between validations (0 = at the end)")
     tr.add_argument("--checkpoint-every", type=int, default=0)
+    tr.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="save the weights that validated best (the starting ones included), not the last step's",
+    )
     tr.add_argument("--no-validate", action="store_true")
     tr.add_argument("--workers", type=int, default=1, help="data-parallel Ray Train workers (TorchTrainer)")
     tr.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker")
@@ -476,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--fractions", default="0.05,0.2,1.0", help="shares of the target training data")
     cd.add_argument("--source-steps", type=int, default=300)
     cd.add_argument("--target-steps", type=int, default=100)
-    cd.add_argument("--seed", type=int, default=0)
+    cd.add_argument("--seeds", default="0", help="comma-separated: one target sample and fine-tuning per seed")
     cd.set_defaults(func=_cross_domain)
 
     swap = sub.add_parser("load-model", help="hot-swap the served encoder for a checkpoint")

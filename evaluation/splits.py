@@ -40,13 +40,15 @@ def _by_user(dataset: Dataset) -> dict[str, np.ndarray]:
     return {u: np.array(ix) for u, ix in groups.items()}
 
 
-def warm_split(dataset: Dataset, seed: int = 0, name: str = "warm") -> Split:
+def warm_split(
+    dataset: Dataset, seed: int = 0, name: str = "warm", min_positives: int = MIN_POSITIVES_FOR_TEST
+) -> Split:
     positive = dataset.positive
     keep = np.zeros(len(dataset.users), dtype=bool)
     test: dict[str, set[int]] = {}
     for user, ix in _by_user(dataset).items():
         pos_ix = ix[positive[ix]]
-        if len(pos_ix) < MIN_POSITIVES_FOR_TEST:
+        if len(pos_ix) < min_positives:
             keep[ix] = True
             continue
         n_test = int(np.ceil(TEST_SHARE * len(pos_ix)))
@@ -90,8 +92,9 @@ def low_resource_split(dataset: Dataset, seed: int = 0) -> Split:
 SPLITS = {"warm": warm_split, "cold": cold_item_split, "low-resource": low_resource_split}
 
 
-def validation_split(split: Split) -> Split:
-    """The same kind of split, cut from the training data, for tuning hyperparameters."""
+def validation_split(split: Split, min_positives: int = MIN_POSITIVES_FOR_TEST) -> Split:
+    """The same kind of split, cut from the training data, for tuning hyperparameters. With very
+    little data, a lower `min_positives` lets more users give a validation positive."""
     if split.name == "cold":
         return cold_item_split(split.train, seed=split.seed + 1000)
-    return warm_split(split.train, seed=split.seed, name=split.name)
+    return warm_split(split.train, seed=split.seed, name=split.name, min_positives=min_positives)

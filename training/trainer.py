@@ -58,6 +58,9 @@ class TrainConfig:
     tower_lr: float = 1e-3  # pooled: learning rate of the residual layer (it starts at zero)
 
 
+BEST_BY = "ndcg@10"  # the validation figure that picks the kept weights
+
+
 def _mean_pool(hidden, mask):
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -274,8 +277,15 @@ class ContrastiveTrainer:
             epoch += 1
 
     def train(
-        self, validate: Callable[[], dict] | None = None, validate_every: int = 0, checkpoint_every: int = 0
+        self,
+        validate: Callable[[], dict] | None = None,
+        validate_every: int = 0,
+        checkpoint_every: int = 0,
+        keep_best: bool = False,
     ) -> dict:
+        """Fine-tune to `total_steps`. With `keep_best` (and `validate`), the weights that scored
+        best on validation, the starting weights included, are the ones saved: with little data,
+        fine-tuning can overfit, and a checkpoint worse than where it started helps nobody."""
         from tqdm import tqdm
 
         self.model.train()
@@ -283,6 +293,8 @@ class ContrastiveTrainer:
         for _ in range(self.step):  # resume: skip what was already seen
             next(batches)
         began = time.perf_counter()
+        keep_best = keep_best and validate is not None
+        best = self._snapshot(self._validate(validate)) if keep_best else None
         with tqdm(total=self.total_steps, initial=self.step, desc="fine-tuning", unit="step") as bar:
             while self.step < self.total_steps:
                 loss = self.loss(next(batches))
@@ -296,10 +308,19 @@ class ContrastiveTrainer:
                 bar.set_postfix(loss=f"{np.mean(self.losses[-50:]):.3f}")
                 bar.update(1)
                 if validate and validate_every and self.step % validate_every == 0:
-                    self._validate(validate)
+                    metrics = self._validate(validate)
+                    if best is not None and metrics[BEST_BY] > best["metrics"][BEST_BY]:
+                        best = self._snapshot(metrics)
                 if checkpoint_every and self.step % checkpoint_every == 0:
                     self.save(self.out_dir)
-        metrics = self._validate(validate) if validate else {}
+        validated_now = self.history and self.history[-1]["step"] == self.step
+        metrics = {} if not validate else self._last_validation() if validated_now else self._validate(validate)
+        best_step = self.step
+        if best is not None:
+            if metrics[BEST_BY] > best["metrics"][BEST_BY]:
+                best = self._snapshot(metrics)
+            best_step, metrics = best["step"], best["metrics"]
+            self._restore(best)
         window = max(1, min(20, len(self.losses) // 4))  # running mean over the first and last steps
         summary = {
             "steps": self.step,
@@ -309,8 +330,27 @@ class ContrastiveTrainer:
             "last_loss": float(np.mean(self.losses[-window:])) if self.losses else None,
             "validation": metrics,
         }
+        if keep_best:
+            summary["best_step"] = best_step  # the saved weights are those of this step
         self.save(self.out_dir, summary)
         return summary
+
+    def _last_validation(self) -> dict:
+        return {k: v for k, v in self.history[-1].items() if k != "step"}
+
+    def _snapshot(self, metrics: dict) -> dict:
+        """A copy of the trainable weights (encoder and user layer) with their validation figures."""
+        modules = {"model": self.model, "user_layer": self.user_layer}
+        states = {
+            name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+            for name, m in modules.items()
+            if m is not None
+        }
+        return {"step": self.step, "metrics": metrics, "states": states}
+
+    def _restore(self, snapshot: dict) -> None:
+        for name, state in snapshot["states"].items():
+            getattr(self, name).load_state_dict(state)
 
     def _parameters(self) -> list:
         layer = [] if self.user_layer is None else list(self.user_layer.parameters())

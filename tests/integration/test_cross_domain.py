@@ -29,7 +29,7 @@ def test_domains_are_disjoint_and_subsampling_keeps_a_share():
 
 
 def test_cross_domain_run_writes_its_report(tmp_path):
-    config = CrossDomainConfig(fractions=(0.5, 1.0), source_steps=2, target_steps=2, batch_size=16)
+    config = CrossDomainConfig(fractions=(0.5, 1.0), source_steps=2, target_steps=2, batch_size=16, seeds=(0, 1))
     report = run_cross_domain(movielens_slice(), tmp_path, config)
     rows = report["ndcg@10"]
     expected = {
@@ -46,3 +46,7 @@ def test_cross_domain_run_writes_its_report(tmp_path):
     assert json.loads((tmp_path / "cross_domain.json").read_text())["ndcg@10"] == rows
     assert (tmp_path / "cross_domain.png").stat().st_size > 1000
     assert "source-tuned -> target-tuned" in (tmp_path / "cross_domain.md").read_text()
+    paired = report["source_minus_pretrained_after_target_tuning"]
+    assert set(paired) == {"50%", "100%"} and all(len(p["per_seed"]) == 2 for p in paired.values())
+    per_seed = report["per_seed"]["EASE"]["50%"]
+    assert len(per_seed) == 2 and rows["EASE"]["50%"] == pytest.approx(sum(per_seed) / 2)

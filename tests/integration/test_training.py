@@ -109,6 +109,40 @@ def test_hard_negatives_are_near_but_never_co_liked(tmp_path):
     assert "hard negatives" in (tmp_path / "hn" / "README.md").read_text()
 
 
+def test_keep_best_saves_the_weights_that_validated_best(tmp_path):
+    """A scripted validator (best at step 4 of 8) stands in for the real one: the saved checkpoint
+    must be step 4's weights, not the last step's."""
+    ds = _planted()
+    config = TrainConfig(batch_size=16, lr=3e-4, epochs=100, max_steps=8, temperature=0.1, max_length=16)
+    trainer = ContrastiveTrainer(config, ds, ds, tmp_path / "best")
+    scores = iter([0.10, 0.12, 0.30, 0.20, 0.25])  # steps 0, 2, 4, 6, 8
+    weights = {}
+
+    def validate():
+        weights[trainer.step] = trainer.model.encoder.layer[5].output.dense.weight.detach().clone()
+        return {"ndcg@10": next(scores)}
+
+    summary = trainer.train(validate, validate_every=2, keep_best=True)
+    assert summary["steps"] == 8 and summary["best_step"] == 4 and summary["validation"]["ndcg@10"] == 0.30
+    assert not weights[4].equal(weights[8])
+    assert trainer.model.encoder.layer[5].output.dense.weight.equal(weights[4])
+    from transformers import AutoModel
+
+    saved = AutoModel.from_pretrained(tmp_path / "best").encoder.layer[5].output.dense.weight
+    assert saved.equal(weights[4])
+    assert json.loads((tmp_path / "best" / CONFIG_FILE).read_text())["summary"]["best_step"] == 4
+
+
+def test_keep_best_keeps_the_start_when_tuning_only_hurts(tmp_path):
+    ds = _planted()
+    config = TrainConfig(batch_size=16, lr=3e-4, epochs=100, max_steps=4, temperature=0.1, max_length=16)
+    trainer = ContrastiveTrainer(config, ds, ds, tmp_path / "start")
+    start = trainer.model.encoder.layer[5].output.dense.weight.detach().clone()
+    scores = iter([0.5, 0.1, 0.2])  # steps 0, 2, 4
+    summary = trainer.train(lambda: {"ndcg@10": next(scores)}, validate_every=2, keep_best=True)
+    assert summary["best_step"] == 0 and trainer.model.encoder.layer[5].output.dense.weight.equal(start)
+
+
 def test_frozen_layers_do_not_move(tmp_path):
     ds = _planted()
     trainer = ContrastiveTrainer(
