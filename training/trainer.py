@@ -97,6 +97,8 @@ class ContrastiveTrainer:
             self.pairs = co_liked_pairs(train, window=config.window, seed=config.seed)
         else:
             self.pairs = history_examples(train, config.history_items, seed=config.seed)
+        if len(self.pairs) < 2:
+            raise ValueError(f"{len(self.pairs)} training examples: in-batch negatives need at least 2")
         self.log_q = log_q(self.pairs)
         self.neighbours: dict[int, np.ndarray] = {}
         self.co_liked: dict[int, set[int]] = {}
@@ -268,7 +270,7 @@ class ContrastiveTrainer:
         return UserTower(c.user_tower, c.history_items, c.user_max_length, weight, encode)
 
     def batches(self):
-        size = self.config.batch_size
+        size = min(self.config.batch_size, len(self.pairs))  # fewer examples than a batch: all of them
         epoch = 0
         while True:
             order = np.random.default_rng(self.config.seed + epoch).permutation(len(self.pairs))

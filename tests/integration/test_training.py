@@ -143,6 +143,17 @@ def test_keep_best_keeps_the_start_when_tuning_only_hurts(tmp_path):
     assert summary["best_step"] == 0 and trainer.model.encoder.layer[5].output.dense.weight.equal(start)
 
 
+def test_fewer_examples_than_a_batch_train_as_one_batch(tmp_path):
+    ds = _planted()
+    trainer = ContrastiveTrainer(TrainConfig(batch_size=100_000, epochs=3, max_length=16), ds, ds, tmp_path / "small")
+    assert len(trainer.pairs) < 100_000 and trainer.total_steps == 3
+    assert len(next(trainer.batches())) == len(trainer.pairs)
+    assert trainer.train()["steps"] == 3
+    empty = ds.subset(np.zeros(len(ds.users), bool))
+    with pytest.raises(ValueError, match="at least 2"):
+        ContrastiveTrainer(TrainConfig(), ds, empty, tmp_path / "none")
+
+
 def test_frozen_layers_do_not_move(tmp_path):
     ds = _planted()
     trainer = ContrastiveTrainer(
