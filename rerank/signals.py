@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 DAY = 86_400.0
 TEXT_NEIGHBOURS = 20
+EXACT_NEIGHBOURS = 50_000  # liked items searched exactly for their text neighbours; HNSW beyond
 EASE_MAX_ITEMS = 20_000  # EASE inverts an items x items float64 matrix: 20k items peak ~7 GB
 
 
@@ -107,15 +108,24 @@ def fit_popularity_from_text(
 
 
 class TextNeighbours:
-    """The `k` nearest items with likes, by text, of any vector: exact inner product (FAISS flat)
-    over the liked items' vectors, an item never its own neighbour."""
+    """The `k` nearest items with likes, by text, of any vector, an item never its own neighbour:
+    exact inner product (FAISS flat) over the liked items' vectors up to `exact_up_to` of them,
+    HNSW beyond (every item's neighbours are searched at each refit: exact search there grows
+    with the square of the catalogue)."""
 
-    def __init__(self, vectors: np.ndarray, known: np.ndarray, k: int = TEXT_NEIGHBOURS):
+    def __init__(
+        self, vectors: np.ndarray, known: np.ndarray, k: int = TEXT_NEIGHBOURS, exact_up_to: int = EXACT_NEIGHBOURS
+    ):
         import faiss
 
         self.known_cols = np.flatnonzero(known)
         self.k = min(k, len(self.known_cols))
-        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        dim = vectors.shape[1]
+        if len(self.known_cols) <= exact_up_to:
+            self.index = faiss.IndexFlatIP(dim)
+        else:
+            self.index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efSearch = 128
         if len(self.known_cols):
             self.index.add(np.ascontiguousarray(vectors[self.known_cols], np.float32))
         self.cols, self.sims = self.search(vectors, np.arange(len(vectors)))

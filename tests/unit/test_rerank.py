@@ -127,6 +127,20 @@ def test_text_neighbours_are_liked_items_never_the_item_itself():
     assert (sims >= 0).all()
 
 
+def test_text_neighbours_beyond_the_exact_limit_come_from_hnsw_and_agree():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 32))
+    v = (centres[rng.integers(0, 40, 3000)] + 0.3 * rng.normal(size=(3000, 32))).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    known = rng.random(3000) < 0.7
+    exact = TextNeighbours(v, known, k=10)
+    approx = TextNeighbours(v, known, k=10, exact_up_to=1000)
+    assert type(exact.index).__name__ == "IndexFlatIP" and type(approx.index).__name__ == "IndexHNSWFlat"
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact.cols, approx.cols)])
+    assert overlap > 0.95
+    assert not (approx.cols == np.arange(3000)[:, None]).any()  # never its own neighbour
+
+
 def test_neighbour_scores_are_the_similarity_weighted_mean_of_the_neighbours():
     cols = np.array([[1, 2, -1]])
     sims = np.array([[0.5, 0.25, 0.0]], np.float32)
