@@ -16,7 +16,7 @@ exactly against the stored vectors and keep the best 10 (`--pool`; HNSW then sea
 max(efSearch, 200), so its sweep starts there). Each sweep includes the value IndexConfig's
 default (auto: from the index size, `auto_nprobe` / `auto_ef_search` in workers/index.py) picks
 at that size, marked `*`. Prints a table, writes bench/results/index.json and index.png
-(`--quick`: index-quick.json / .png, 20k items, for a smoke run).
+(`--out NAME`: NAME.json / .png; `--quick`: index-quick.json / .png, 20k items, for a smoke run).
 
 Catalogue. Uniform random vectors would mislead (IVF and HNSW recall collapses on them), so
 the catalogue is drawn around real item vectors:
@@ -597,6 +597,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="100000,1000000", help="catalogue sizes, comma-separated")
     parser.add_argument("--queries", type=int, default=1000, help="query vectors (half perturbed, half user)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20k items, 200 queries, short timings")
+    parser.add_argument("--out", default="", help="result name (default index, or index-quick)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per setting (median)")
     parser.add_argument("--time-s", type=float, default=1.0, help="least seconds per timed round")
     parser.add_argument("--pool", type=int, default=200, help="Recommend's candidate pool; 0 = top-10 only")
@@ -634,7 +635,7 @@ def main() -> int:
         "sizes": [run_size(n, args, catalogue, movie_ids) for n in sizes],
     }
     result["target"] = target(result["sizes"][-1])
-    path = write_results("index-quick" if args.quick else "index", result)
+    path = write_results(args.out or ("index-quick" if args.quick else "index"), result)
     plot(result, path.with_suffix(".png"))
     print_tables(result)
     print(f"wrote {path} and {path.with_suffix('.png')}")
