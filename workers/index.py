@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -73,6 +74,15 @@ def scores_are_exact(factory: str) -> bool:
     """Whether an index of this factory string keeps every vector in full (Flat, HNSW32,
     IVF1024,Flat) rather than compressed (PQ, SQ, LSH, residual quantizers)."""
     return re.search(r"PQ|SQ|LSH|RQ|LSQ|RaBitQ", factory, re.IGNORECASE) is None
+
+
+@functools.lru_cache(maxsize=32)
+def needs_no_training(factory: str, dim: int) -> bool:
+    """Whether an empty index of this factory string takes vectors without training first (Flat,
+    HNSW: yes; IVF, PQ: no)."""
+    import faiss
+
+    return bool(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT).is_trained)
 
 
 class FaissIndex:
