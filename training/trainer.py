@@ -310,17 +310,14 @@ class ContrastiveTrainer:
                 bar.set_postfix(loss=f"{np.mean(self.losses[-50:]):.3f}")
                 bar.update(1)
                 if validate and validate_every and self.step % validate_every == 0:
-                    metrics = self._validate(validate)
-                    if best is not None and metrics[BEST_BY] > best["metrics"][BEST_BY]:
-                        best = self._snapshot(metrics)
+                    best = self._better_of(best, self._validate(validate))
                 if checkpoint_every and self.step % checkpoint_every == 0:
                     self.save(self.out_dir)
         validated_now = self.history and self.history[-1]["step"] == self.step
         metrics = {} if not validate else self._last_validation() if validated_now else self._validate(validate)
         best_step = self.step
         if best is not None:
-            if metrics[BEST_BY] > best["metrics"][BEST_BY]:
-                best = self._snapshot(metrics)
+            best = self._better_of(best, metrics)
             best_step, metrics = best["step"], best["metrics"]
             self._restore(best)
         window = max(1, min(20, len(self.losses) // 4))  # running mean over the first and last steps
@@ -339,6 +336,12 @@ class ContrastiveTrainer:
 
     def _last_validation(self) -> dict:
         return {k: v for k, v in self.history[-1].items() if k != "step"}
+
+    def _better_of(self, best: dict | None, metrics: dict) -> dict | None:
+        """`best`, or a snapshot of the current weights if `metrics` beat it (None: not keeping)."""
+        if best is None or metrics[BEST_BY] <= best["metrics"][BEST_BY]:
+            return best
+        return self._snapshot(metrics)
 
     def _snapshot(self, metrics: dict) -> dict:
         """A copy of the trainable weights (encoder and user layer) with their validation figures."""
