@@ -13,17 +13,17 @@ import numpy as np
 
 from bertrec.config import IndexConfig
 from bertrec.errors import WorkerLost
+from bertrec.server.index_build import fill_index
 from bertrec.server.search_batching import SearchBatcher
 from bertrec.store import Store
 from bertrec.store.sql_reads import text_hash
 from bertrec.types import DeleteSummary, Item, UpsertSummary
-from bertrec.workers.index import FaissIndex, needs_no_training
+from bertrec.workers.index import FaissIndex
 from bertrec.workers.shards import load_index, make_index, snapshot_meta
 
 logger = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 1024  # texts per encode call during rebuilds, so progress is visible
-BUILD_ROWS = 65_536  # vectors per index add while an index that needs no training is built
 
 
 class TextEncoder(Protocol):
@@ -258,22 +258,3 @@ class Catalog:
             await self._index_call(self.index.remove, np.array(deleted, dtype=np.int64))
         gone = set(deleted)
         return DeleteSummary(deleted=len(deleted), missing_item_ids=tuple(i for i in ids if i not in gone))
-
-
-def fill_index(index: FaissIndex, store: Store, model: str, factory: str, dim: int, rows: int = BUILD_ROWS) -> None:
-    """Add the store's vectors for `model`. An index that needs no training (Flat, HNSW) gets them
-    in slices of `rows`, so the catalogue is never held twice beside the index (1M items: 1.5 GB
-    per copy); one that trains (IVF, PQ) gets them all in its first batch, the sample it trains on."""
-    step = rows if needs_no_training(factory, dim) else None
-    ids: list[np.ndarray] = []
-    vectors: list[np.ndarray] = []
-    held = 0
-    for batch_ids, batch_vectors in store.iter_vectors(model):
-        ids.append(batch_ids)
-        vectors.append(batch_vectors)
-        held += len(batch_ids)
-        if step and held >= step:
-            index.add(np.concatenate(ids), np.concatenate(vectors))
-            ids, vectors, held = [], [], 0
-    if ids:
-        index.add(np.concatenate(ids), np.concatenate(vectors))

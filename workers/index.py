@@ -85,6 +85,22 @@ def needs_no_training(factory: str, dim: int) -> bool:
     return bool(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT).is_trained)
 
 
+# FAISS's k-means learns from at most 256 points per centroid (it subsamples beyond that), and a
+# PQ codebook has 256 centroids per sub-quantizer.
+POINTS_PER_CENTROID = 256
+
+
+def training_sample_size(factory: str, dim: int) -> int:
+    """How many vectors an index of this factory usefully trains on; 0 if it needs no training."""
+    import faiss
+
+    if needs_no_training(factory, dim):
+        return 0
+    ivf = faiss.try_extract_index_ivf(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))
+    nlist = ivf.nlist if ivf is not None else 1
+    return POINTS_PER_CENTROID * max(nlist, 256)
+
+
 class FaissIndex:
     """Inner-product FAISS index from a factory string ("Flat", "HNSW32", "IVF256,Flat", ...).
 
@@ -201,6 +217,13 @@ class FaissIndex:
             for offset, item_id in enumerate(ids.tolist()):
                 self._internal_of_item[item_id] = start + offset
             self._apply_search_params()  # auto settings follow the size
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Train an empty index that needs it (IVF, PQ) on a sample; a trained one ignores this.
+        Without it, the first add trains on its own batch."""
+        with self._lock:
+            if not self._cpu_index.is_trained:
+                self._train(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def _train(self, vectors: np.ndarray) -> None:
         ivf = self._faiss.try_extract_index_ivf(self._cpu_index)

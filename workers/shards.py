@@ -130,6 +130,9 @@ class IndexShard:
             self.aliases[build] = table
         self._publish(table, index, serial)
 
+    def train(self, table: str, vectors: np.ndarray) -> None:
+        self._get(table).train(vectors)
+
     def add(self, table: str, ids: np.ndarray, vectors: np.ndarray) -> int:
         index = self._get(table)
         index.add(ids, vectors)
@@ -306,6 +309,11 @@ class ShardedIndex:
             return f"an index shard is lost ({exc})"
         missing = [i["name"] for i in infos if self.table not in i["tables"] and self.table not in i["builds"]]
         return f"index shards {missing} lack table {self.table!r} (restarted)" if missing else ""
+
+    def train(self, vectors: np.ndarray) -> None:
+        """Every shard trains on the whole sample: each holds a random share of the catalogue, so
+        the same sample describes each one."""
+        self._call([s.train.remote(self.table, vectors) for s in self.shards])
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace the vectors of `ids` (an id present twice keeps its last vector)."""

@@ -237,6 +237,26 @@ def test_each_shard_sizes_its_search_breadth_by_its_own_items(ray_cluster, confi
         fixed.shutdown()
 
 
+def test_shards_train_on_a_shared_sample_before_any_add(ray_cluster, config):
+    from dataclasses import replace
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(3000, DIM)).astype(np.float32)
+    ivf = replace(config, factory="IVF16,Flat", shard_prefix=f"test-{uuid.uuid4().hex[:8]}")
+    index = ShardedIndex(DIM, ivf)
+    try:
+        with pytest.raises(Exception, match="at least 16 vectors"):  # untrained: a tiny first batch cannot train
+            index.add(np.arange(10), vectors[:10])
+        index.train(vectors)
+        index.add(np.arange(10), vectors[:10])  # trained: any batch size goes in
+        index.add(np.arange(10, 3000), vectors[10:])
+        assert len(index) == 3000
+        _, found = index.search(vectors[:20], 1)
+        assert (found[:, 0] == np.arange(20)).mean() >= 0.9
+    finally:
+        index.shutdown()
+
+
 def test_a_lost_shard_is_reported_not_hidden(ray_cluster, data):
     vectors, ids, queries, _ = data
     prefix = f"test-{uuid.uuid4().hex[:8]}"
