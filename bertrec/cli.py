@@ -333,6 +333,21 @@ def _train_reranker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    from bertrec.training.interpolate import interpolate_checkpoints
+
+    out = interpolate_checkpoints(args.start, args.tuned, args.alpha, args.out)
+    print(f"checkpoint: {out}  (start + {args.alpha} x (tuned - start))")
+    return 0
+
+
 def _cross_domain(args: argparse.Namespace) -> int:
     from bertrec.evaluation.cross_domain import CrossDomainConfig, run_cross_domain
 
@@ -342,6 +357,7 @@ def _cross_domain(args: argparse.Namespace) -> int:
         source_steps=args.source_steps,
         target_steps=args.target_steps,
         seeds=tuple(int(s) for s in args.seeds.split(",")),
+        source_interpolation=args.source_interpolation,
     )
     run_cross_domain(_load_dataset(args), Path(args.out), config)
     print((Path(args.out) / "cross_domain.md").read_text())
@@ -486,7 +502,20 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--source-steps", type=int, default=300)
     cd.add_argument("--target-steps", type=int, default=100)
     cd.add_argument("--seeds", default="0", help="comma-separated: one target sample and fine-tuning per seed")
+    cd.add_argument(
+        "--source-interpolation",
+        type=_share,
+        default=0.5,
+        help="source encoder = pretrained + this share of the source tuning (WiSE-FT; 1 = tuned as is)",
+    )
     cd.set_defaults(func=_cross_domain)
+
+    ip = sub.add_parser("interpolate", help="weights between a start and a checkpoint fine-tuned from it (WiSE-FT)")
+    ip.add_argument("tuned", help="fine-tuned checkpoint folder")
+    ip.add_argument("--start", default="", help="the checkpoint it was tuned from (default: packaged MiniLM)")
+    ip.add_argument("--alpha", type=_share, default=0.5, help="share of the fine-tuning kept: 0 = start, 1 = tuned")
+    ip.add_argument("--out", required=True, help="checkpoint folder to write")
+    ip.set_defaults(func=_interpolate)
 
     swap = sub.add_parser("load-model", help="hot-swap the served encoder for a checkpoint")
     client_flags(swap)

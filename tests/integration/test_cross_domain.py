@@ -35,6 +35,7 @@ def test_cross_domain_run_writes_its_report(tmp_path):
     expected = {
         "pretrained (zero-shot)",
         "source-tuned, no target tuning",
+        "source-tuned, interpolated (0.5), no target tuning",
         "pretrained -> target-tuned",
         "source-tuned -> target-tuned",
         "popularity",
@@ -50,3 +51,9 @@ def test_cross_domain_run_writes_its_report(tmp_path):
     assert set(paired) == {"50%", "100%"} and all(len(p["per_seed"]) == 2 for p in paired.values())
     per_seed = report["per_seed"]["EASE"]["50%"]
     assert len(per_seed) == 2 and rows["EASE"]["50%"] == pytest.approx(sum(per_seed) / 2)
+    # target tuning with a source start begins from the interpolated source encoder
+    work = tmp_path / "checkpoints"
+    assert (work / "source-interpolated-0.5" / "config.json").exists()
+    assert (work / "source-interpolated-0.5-target-50-seed1" / "config.json").exists()
+    record = json.loads((work / "source-interpolated-0.5-target-50-seed1" / "bertrec_training.json").read_text())
+    assert record["config"]["init_from"] == str(work / "source-interpolated-0.5")
