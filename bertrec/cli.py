@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--out", default="evaluation-results/cross-domain")
     cd.add_argument("--target-genres", default="Animation,Children,Fantasy")
     cd.add_argument("--fractions", default="0.05,0.2,1.0", help="shares of the target training data")
-    cd.add_argument("--source-steps", type=int, default=300)
+    cd.add_argument("--source-steps", type=int, default=900, help="source fine-tuning steps (at most 2 passes)")
     cd.add_argument("--target-steps", type=int, default=100)
     cd.add_argument("--seeds", default="0", help="comma-separated: one target sample and fine-tuning per seed")
     cd.add_argument(

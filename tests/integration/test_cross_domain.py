@@ -53,7 +53,7 @@ def test_cross_domain_run_writes_its_report(tmp_path):
     assert len(per_seed) == 2 and rows["EASE"]["50%"] == pytest.approx(sum(per_seed) / 2)
     # target tuning with a source start begins from the interpolated source encoder
     work = tmp_path / "checkpoints"
-    assert (work / "source-interpolated-0.5" / "config.json").exists()
-    assert (work / "source-interpolated-0.5-target-50-seed1" / "config.json").exists()
-    record = json.loads((work / "source-interpolated-0.5-target-50-seed1" / "bertrec_training.json").read_text())
-    assert record["config"]["init_from"] == str(work / "source-interpolated-0.5")
+    assert (work / "source-2steps-interpolated-0.5" / "config.json").exists()
+    tuned = work / "source-2steps-interpolated-0.5-target-50-seed1"
+    record = json.loads((tuned / "bertrec_training.json").read_text())
+    assert record["config"]["init_from"] == str(work / "source-2steps-interpolated-0.5")
