@@ -11,7 +11,6 @@ EVALUATION.md, "Cross-domain transfer"). Works because both ends share one pretr
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,13 @@ import numpy as np
 from bertrec.server.users import USER_TOWER_FILE
 from bertrec.training.trainer import CONFIG_FILE, model_card
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-
 
 def interpolate_checkpoints(start: str, tuned: str, alpha: float, out: str | Path) -> Path:
     """Write start + alpha * (tuned - start) to `out` as a Hugging Face checkpoint. `start` empty
     means the packaged MiniLM. The tuned checkpoint's training record goes along, marked as
     interpolated and without its validation figures: they measured other weights (so the hot-swap
     gate treats the result as unevaluated)."""
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoTokenizer
 
     from bertrec.workers.encoder import default_model_path
 
@@ -44,9 +41,7 @@ def interpolate_checkpoints(start: str, tuned: str, alpha: float, out: str | Pat
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (tuned_path / name).exists():
-            shutil.copy(tuned_path / name, out / name)
+    AutoTokenizer.from_pretrained(tuned_path).save_pretrained(out)
     _interpolate_user_tower(start_path, tuned_path, alpha, out)
     record = _record(start, tuned_path, alpha)
     (out / CONFIG_FILE).write_text(json.dumps(record, indent=2))

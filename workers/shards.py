@@ -313,7 +313,10 @@ class ShardedIndex:
     def train(self, vectors: np.ndarray) -> None:
         """Every shard trains on the whole sample: each holds a random share of the catalogue, so
         the same sample describes each one."""
-        self._call([s.train.remote(self.table, vectors) for s in self.shards])
+        import ray
+
+        sample = ray.put(np.ascontiguousarray(vectors, dtype=np.float32))  # one copy for every shard
+        self._call([s.train.remote(self.table, sample) for s in self.shards])
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert or replace the vectors of `ids` (an id present twice keeps its last vector)."""
