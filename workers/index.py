@@ -76,13 +76,10 @@ def scores_are_exact(factory: str) -> bool:
     return re.search(r"PQ|SQ|LSH|RQ|LSQ|RaBitQ", factory, re.IGNORECASE) is None
 
 
-@functools.lru_cache(maxsize=32)
 def needs_no_training(factory: str, dim: int) -> bool:
     """Whether an empty index of this factory string takes vectors without training first (Flat,
     HNSW: yes; IVF, PQ: no)."""
-    import faiss
-
-    return bool(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT).is_trained)
+    return training_sample_size(factory, dim) == 0
 
 
 # FAISS's k-means learns from at most 256 points per centroid (it subsamples beyond that), and a
@@ -90,13 +87,15 @@ def needs_no_training(factory: str, dim: int) -> bool:
 POINTS_PER_CENTROID = 256
 
 
+@functools.lru_cache(maxsize=32)
 def training_sample_size(factory: str, dim: int) -> int:
     """How many vectors an index of this factory usefully trains on; 0 if it needs no training."""
     import faiss
 
-    if needs_no_training(factory, dim):
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if index.is_trained:
         return 0
-    ivf = faiss.try_extract_index_ivf(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))
+    ivf = faiss.try_extract_index_ivf(index)
     nlist = ivf.nlist if ivf is not None else 1
     return POINTS_PER_CENTROID * max(nlist, 256)
 
