@@ -8,11 +8,17 @@ built from MovieLens (titles; about 60 and 120 tokens), against in-process sente
 `encode` (the packaged all-MiniLM-L6-v2, 2 torch threads, batch 64) of the same texts. All of it
 alternates within each round of one run; the ratio of medians to in-process is the figure.
 
+Replicas run the fp32 model on ONNX Runtime by default (model.runtime auto), sentence-transformers
+on torch. So the service's own cost is shown against a second in-process baseline on the same
+runtime: `BertEncoder(runtime="onnx")` with 2 threads encoding all the texts in one call.
+
 Also, at 32 single-text callers:
   (a) batching across callers vs per-request encoding: the same server set to max_batch_size 1
       with Admin.ConfigureBatching (one text per model call) vs its default;
   (b) two replicas with 1 torch thread each (the default on 2 cores) vs one replica with 2 threads,
-      a second server started beside the first.
+      a second server started beside the first;
+  (c) the replicas' runtime: ONNX Runtime (default) vs eager torch (`--runtime torch`), a third
+      server.
 Every service measurement records where the CPU went (this process = the callers' SDK; the front
 end; the replicas; the rest of Ray) and the replicas' batching (mean batch, model calls, padding).
 
@@ -91,6 +97,14 @@ def in_process_rate(model, texts: list[str]) -> tuple[float, float]:
     return len(texts) / (time.perf_counter() - began), (time.process_time() - cpu) / len(texts)
 
 
+def same_runtime_rate(encoder, texts: list[str]) -> float:
+    """Texts/s of the replicas' own encoder (ONNX Runtime) in this process, all texts in one call:
+    the baseline that leaves only the service's own cost in the ratio."""
+    began = time.perf_counter()
+    encoder.encode_items(texts)
+    return len(texts) / (time.perf_counter() - began)
+
+
 class Server:
     """A served bertrec with no catalogue, and the CPU accounting of its process tree."""
 
@@ -161,28 +175,33 @@ def configure(target: str, **settings) -> None:
         client.configure_batching(**settings)
 
 
-def measure_texts(model, batch: list[str], a: Server, servers: tuple[Server, ...], out: dict) -> None:
-    """In-process, then the service `a` at every caller count with 1 and BATCH texts per request."""
+def measure_texts(models, batch: list[str], a: Server, servers: tuple[Server, ...], out: dict) -> None:
+    """In-process (both baselines), then the service `a` at every caller count with 1 and BATCH
+    texts per request."""
+    model, same_runtime = models
     idle0, began = sum(sum(s.cpu().values()) for s in servers), time.perf_counter()
     rate, cpu_per_text = in_process_rate(model, batch)
     idle = (sum(sum(s.cpu().values()) for s in servers) - idle0) / (time.perf_counter() - began)
     # The idle servers' CPU while in-process runs (cores busy with them): it slows the baseline.
     record = {"texts_per_s": rate, "cpu_ms_per_text": cpu_per_text * 1000, "idle_servers_cores": idle}
     out["in_process"].append(record)
+    out["in_process_same_runtime"].append({"texts_per_s": same_runtime_rate(same_runtime, batch)})
     for callers in CALLERS:
         for mode, per_request in (("single", 1), ("batched", BATCH)):
             out[f"{mode}_{callers}"].append(service_rate(a, batch, callers, per_request))
 
 
-def run_round(model, texts: dict[str, list[str]], a: Server, b: Server, out: dict) -> None:
+def run_round(models, texts: dict[str, list[str]], servers: tuple[Server, Server, Server], out: dict) -> None:
+    a, b, c = servers
     for length, batch in texts.items():
-        measure_texts(model, batch, a, (a, b), out[length])
+        measure_texts(models, batch, a, servers, out[length])
         configure(a.target, max_batch_size=1)  # (a): one text per model call, nothing merged
         try:
             out[length]["per_request_32"].append(service_rate(a, batch, 32, 1))
         finally:
             configure(a.target, **DEFAULT_BATCHING)
         out[length]["one_replica_2_threads_32"].append(service_rate(b, batch, 32, 1))  # (b)
+        out[length]["torch_runtime_32"].append(service_rate(c, batch, 32, 1))  # (c)
 
 
 def median(rounds: list[dict], key: str = "texts_per_s") -> float:
@@ -193,13 +212,16 @@ def summarise(raw: dict, token_means: dict) -> dict:
     summary = {}
     for length, runs in raw.items():
         base = median(runs["in_process"])
+        same = median(runs["in_process_same_runtime"])
         row = {"mean_tokens": token_means[length], "in_process_texts_per_s": base}
+        row["in_process_same_runtime_texts_per_s"] = same
         for key, rounds in runs.items():
-            if key == "in_process":
+            if key.startswith("in_process"):
                 continue
             row[key] = {
                 "texts_per_s": median(rounds),
                 "ratio_to_in_process": median(rounds) / base,
+                "ratio_to_same_runtime": median(rounds) / same,
                 "mean_batch_size": statistics.median(r["mean_batch_size"] for r in rounds),
                 "cpu_ms_per_text": {
                     part: statistics.median(r["cpu_ms_per_text"][part] for r in rounds)
@@ -212,6 +234,7 @@ def summarise(raw: dict, token_means: dict) -> dict:
             row["batching_gain_32"] = row["single_32"]["texts_per_s"] / row["per_request_32"]["texts_per_s"]
             one = row["one_replica_2_threads_32"]["texts_per_s"]
             row["two_replicas_vs_one_32"] = row["single_32"]["texts_per_s"] / one
+            row["onnx_vs_torch_runtime_32"] = row["single_32"]["texts_per_s"] / row["torch_runtime_32"]["texts_per_s"]
         summary[length] = row
     return summary
 
@@ -229,6 +252,13 @@ def print_tables(summary: dict) -> None:
         print(f"{length:<7}{row['mean_tokens']:7.0f}{row['in_process_texts_per_s']:10.0f} | {line}")
     print("(callers x texts per request: service texts/s and ratio to in-process)")
 
+    print(f"\n{'texts':<7}{'same-runtime/s':>15} | {header}")
+    for length, row in summary.items():
+        cells = [f"{row[f'{m}_{c}']['ratio_to_same_runtime']:5.2f}x" for c in CALLERS for m in ("single", "batched")]
+        line = " ".join(f"{x:>15}" for x in cells)
+        print(f"{length:<7}{row['in_process_same_runtime_texts_per_s']:15.0f} | {line}")
+    print("(the same runs over the in-process baseline on the replicas' runtime: the service's own cost)")
+
     print(f"\n{'texts':<7}{'batched (default)':>19}{'max_batch_size 1':>18}{'gain':>7} | ", end="")
     print(f"{'2 x 1 thread':>13}{'1 x 2 threads':>14}{'ratio':>7}")
     for length, row in summary.items():
@@ -239,10 +269,17 @@ def print_tables(summary: dict) -> None:
         )
     print("(32 single-text callers, texts/s: (a) batching across callers vs per-request; (b) replica layout)")
 
+    print(f"\n{'texts':<7}{'onnx (default)':>15}{'torch':>8}{'ratio':>7}")
+    for length, row in summary.items():
+        onnx, torch_rate = row["single_32"]["texts_per_s"], row["torch_runtime_32"]["texts_per_s"]
+        print(f"{length:<7}{onnx:15.0f}{torch_rate:8.0f}{row['onnx_vs_torch_runtime_32']:6.2f}x")
+    print("(32 single-text callers, texts/s: (c) the replicas' runtime)")
+
     print(f"\n{'texts':<7}{'setting':<26}{'mean batch':>11}  CPU ms per text:", end=" ")
     print("callers' SDK / front end / replicas / Ray other  (in-process)")
     for length, row in summary.items():
-        for key in ("single_1", "single_32", "batched_32", "per_request_32", "one_replica_2_threads_32"):
+        settings = ("single_1", "single_32", "batched_32", "per_request_32", "one_replica_2_threads_32")
+        for key in (*settings, "torch_runtime_32"):
             cpu = row[key]["cpu_ms_per_text"]
             parts = " / ".join(f"{cpu[p]:5.2f}" for p in ("callers_sdk", "front_end", "replicas", "ray_other"))
             own = row["in_process_cpu_ms_per_text"]
@@ -255,7 +292,7 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 5.2))
+    fig, (left, middle, right, runtime) = plt.subplots(1, 4, figsize=(20, 5.2))
     colours = {"short": "#3a7", "medium": "#37a", "long": "#a73"}
     for length, row in summary.items():
         for mode, style in (("single", "-o"), ("batched", "--s")):
@@ -284,6 +321,12 @@ def plot(summary: dict, path: Path) -> None:
             ("one_replica_2_threads_32", "1 replica x 2 threads"),
             "(b) replica layout, 32 single-text callers",
         ),
+        (
+            runtime,
+            ("single_32", "ONNX Runtime (default)"),
+            ("torch_runtime_32", "eager torch"),
+            "(c) replicas' runtime, 32 single-text callers",
+        ),
     ):
         first = [summary[n][key_a]["texts_per_s"] for n in names]
         second = [summary[n][key_b]["texts_per_s"] for n in names]
@@ -311,12 +354,14 @@ def main() -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from bertrec.workers.encoder import default_model_path
+    from bertrec.workers.encoder import BertEncoder, default_model_path
 
     torch.set_num_threads(2)
     model = SentenceTransformer(default_model_path(), device="cpu")
+    same_runtime = BertEncoder(default_model_path(), "cpu", runtime="onnx")  # 2 threads, as above
     texts, token_means = measurement_texts(model.tokenizer, counts)
     model.encode(texts["short"][:64])  # warm-up
+    same_runtime.encode_items(texts["short"][:64])
     log = RESULTS / f"{name}-server.log"
     log.unlink(missing_ok=True)
     raw: dict = {length: defaultdict(list) for length in texts}
@@ -324,16 +369,17 @@ def main() -> int:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         a = Server(Path(tmp) / "a", log, replicas=2, threads=1)
-        b = None
+        b = c = None
         try:
             b = Server(Path(tmp) / "b", log, replicas=1, threads=2)
-            for server in (a, b):
+            c = Server(Path(tmp) / "c", log, 2, 1, "--runtime", "torch")
+            for server in (a, b, c):
                 service_rate(server, texts["short"][:32], 8, 1)  # warm-up: replicas' first calls
             for r in range(rounds):
-                run_round(model, texts, a, b, raw)
+                run_round((model, same_runtime), texts, (a, b, c), raw)
                 print(f"round {r + 1}/{rounds} done after {time.perf_counter() - began:.0f}s", flush=True)
         finally:
-            for server in (a, b):
+            for server in (a, b, c):
                 if server is not None:
                     server.served.stop()
     summary = summarise(raw, token_means)
@@ -341,7 +387,9 @@ def main() -> int:
         "command": "python bench/encode.py " + " ".join(sys.argv[1:]),
         "setup": {
             "in_process": "sentence-transformers encode, batch_size 64, 2 torch threads, this process",
-            "service": "bertrec serve --no-demo --replicas 2 (1 torch thread each), default batching",
+            "in_process_same_runtime": "BertEncoder(runtime='onnx').encode_items, 2 threads, all texts in one call",
+            "service": "bertrec serve --no-demo --replicas 2 (1 thread each, ONNX Runtime), default batching",
+            "torch_runtime": "the same with --runtime torch (eager PyTorch replicas)",
             "callers": list(CALLERS),
             "texts_per_request_batched": BATCH,
             "texts_per_measurement": counts,

@@ -1,10 +1,13 @@
 """Cheaper CPU encoders (bf16, int8) vs fp32: throughput, vector agreement and the offline effect, in one run.
 
     python bench/quantization.py [--rounds 5] [--texts 1024] [--singles 128] [--threads 1] [--cold-seeds 5]
-                                 [--variants bf16,int8]
+                                 [--variants fp32-torch,bf16,bf16-torch,int8]
 
 Every encoder is `BertEncoder` in this process (the packaged all-MiniLM-L6-v2) with its
-`quantize` setting. Throughput alternates between them round by round on the same MovieLens titles
+`quantize` setting, on the runtime a replica picks for it (model.runtime auto: fp32 on ONNX
+Runtime, bf16 on OpenVINO, int8 on torch); "-torch" variants run the same weights on eager torch,
+so what the weight format buys on one runtime and what it buys over the default are both there. Throughput
+alternates between them round by round on the same MovieLens titles
 (batches of 64, as a replica's batcher forms them, and single texts); the ratio of medians is the
 figure. Then the whole catalogue is encoded with each, and the vectors are compared (cosine per
 item, item-item top-10 neighbours, and how much a title's vector depends on its batch) and scored
@@ -78,7 +81,7 @@ def zero_shot(vectors: dict[str, np.ndarray], split) -> dict:
     return out
 
 
-COLOURS = {"fp32": "#888", "bf16": "#3a7", "int8": "#37a"}
+COLOURS = {"fp32": "#888", "fp32-torch": "#bbb", "bf16": "#3a7", "bf16-torch": "#9c9", "int8": "#37a"}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -130,7 +133,9 @@ def plot(result: dict, path: Path) -> None:
 
 def agreement_of(reference: np.ndarray, vectors: np.ndarray, queries: np.ndarray) -> dict:
     cosine = np.sum(reference * vectors, axis=1)
-    counts, edges = np.histogram(cosine, bins=40)
+    # A fixed lower edge: vectors that agree to float precision (fp32 on another runtime) have no
+    # spread to cut into 40 bins.
+    counts, edges = np.histogram(cosine, bins=40, range=(min(float(cosine.min()), 0.999), float(cosine.max()) + 1e-6))
     return {
         "cosine_mean": float(cosine.mean()),
         "cosine_p1": float(np.percentile(cosine, 1)),
@@ -147,7 +152,11 @@ def main() -> int:
     parser.add_argument("--singles", type=int, default=128, help="titles encoded one at a time per round")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = a default CPU replica)")
     parser.add_argument("--cold-seeds", type=int, default=5)
-    parser.add_argument("--variants", default="bf16,int8", help="quantize settings compared with fp32")
+    parser.add_argument(
+        "--variants",
+        default="fp32-torch,bf16,bf16-torch,int8",
+        help="quantize settings compared with fp32; -torch = on eager torch instead of the default runtime",
+    )
     args = parser.parse_args()
 
     import torch
@@ -164,9 +173,12 @@ def main() -> int:
     texts = [catalogue[i] for i in rng.choice(len(catalogue), args.texts, replace=False)]
     singles = texts[: args.singles]
     encoders = {BASELINE: BertEncoder(default_model_path(), "cpu")}
+    print(f"fp32 baseline on {encoders[BASELINE].runtime}")
     for name in args.variants.split(","):
-        encoder = BertEncoder(default_model_path(), "cpu", quantize=name)
-        if encoder.quantize != name:  # e.g. bf16 on a CPU without native bf16
+        weights, _, runtime = name.partition("-")  # "bf16-torch": bf16 weights, torch runtime
+        quantize = "none" if weights == "fp32" else weights
+        encoder = BertEncoder(default_model_path(), "cpu", quantize=quantize, runtime=runtime or "auto")
+        if encoder.quantize != quantize:  # e.g. bf16 on a CPU without native bf16
             print(f"skipping {name}: this CPU runs it as {encoder.quantize}")
             continue
         encoders[name] = encoder
@@ -246,6 +258,7 @@ def main() -> int:
         "texts": args.texts,
         "singles": args.singles,
         "variants": variants,
+        "runtimes": {n: e.runtime for n, e in encoders.items()},
         "items": len(catalogue),
         "throughput": throughput,
         "agreement": agreement,

@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides={
             "server": {"host": args.host, "port": args.port, "metrics_port": args.metrics_port},
             "store": {"data_dir": args.data_dir, "url": args.store_url, "load_demo": False if args.no_demo else None},
-            "model": {"path": args.model, "device": args.device, "quantize": args.quantize},
+            "model": {"path": args.model, "device": args.device, "quantize": args.quantize, "runtime": args.runtime},
             "workers": {"replicas": args.replicas, "ray_address": args.ray_address, "pool_name": args.pool_name},
             "index": {"factory": args.index, "shards": args.index_shards},
             "auth": {"token": args.token},
@@ -180,7 +180,8 @@ def _stats(args: argparse.Namespace) -> int:
     for r in info.replicas:
         state = "healthy" if r.healthy else "DOWN"
         print(
-            f"  replica {r.name} on {r.device} ({state}): {r.encoded_texts} texts, mean batch {r.mean_batch_size:.1f}, "
+            f"  replica {r.name} on {r.device}/{r.runtime or '?'} ({state}): {r.encoded_texts} texts, "
+            f"mean batch {r.mean_batch_size:.1f}, "
             f"mean queue {r.mean_queue_s * 1000:.1f} ms; batching: max {r.max_batch_size} texts, "
             f"wait {r.max_wait_s * 1000:g} ms, {r.max_batch_tokens} tokens per model call"
         )
@@ -365,7 +366,7 @@ def _cross_domain(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bertrec.config import QUANTIZE_MODES
+    from bertrec.config import QUANTIZE_MODES, RUNTIMES
 
     parser = argparse.ArgumentParser(prog="bertrec", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", help="auto, cpu, cuda")
     serve.add_argument(
         "--quantize", choices=QUANTIZE_MODES, help="CPU replicas: bf16 (native-bf16 CPUs) or int8; GPU: fp16"
+    )
+    serve.add_argument(
+        "--runtime", choices=RUNTIMES, help="CPU replicas: auto (fp32 on onnx, bf16 on openvino), torch, onnx, openvino"
     )
     serve.add_argument("--replicas", type=int, help="encoder replicas (default: one per GPU, else per core)")
     serve.add_argument("--ray-address", help="join an existing Ray cluster (auto or host:port)")

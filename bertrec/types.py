@@ -117,6 +117,8 @@ class ReplicaInfo:
     max_batch_tokens: int = 0
     mean_queue_s: float = 0.0
     """Mean time a text waited for its batch, since the replica started."""
+    runtime: str = ""
+    """What runs the model: "onnx" (ONNX Runtime, fp32 CPU replicas) or "torch"."""
 
 
 @dataclass(frozen=True)

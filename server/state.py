@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -13,23 +12,13 @@ from pathlib import Path
 from bertrec import __version__
 from bertrec.config import Config
 from bertrec.errors import FailedPrecondition, InvalidRequest, NotFound
+from bertrec.fingerprint import model_fingerprint  # noqa: F401  (imported from here by callers)
 from bertrec.types import ReplicaInfo, ServiceInfo
 
 logger = logging.getLogger(__name__)
 
 DEMO_BATCH = 2048
 MODEL_POINTER = "active_model.json"  # in the data dir: the checkpoint the service serves
-
-
-def model_fingerprint(model_path: str) -> str:
-    """Identifies the weights item vectors were made with: folder name plus file sizes and times."""
-    folder = Path(model_path)
-    digest = hashlib.blake2b(digest_size=8)
-    for f in sorted(folder.glob("*")):
-        if f.is_file():
-            stat = f.stat()
-            digest.update(f"{f.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
-    return f"{folder.name}-{digest.hexdigest()}"
 
 
 def _stored_validation(checkpoint: Path) -> tuple[float | None, tuple]:
@@ -70,6 +59,7 @@ def replica_info(r: dict) -> ReplicaInfo:
         max_wait_s=r.get("max_wait_s", 0.0),
         max_batch_tokens=r.get("max_batch_tokens", 0),
         mean_queue_s=r.get("mean_queue_s", 0.0),
+        runtime=r.get("runtime", ""),
     )
 
 

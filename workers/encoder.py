@@ -9,16 +9,17 @@ from typing import Protocol
 
 import numpy as np
 
-from bertrec.config import QUANTIZE_MODES, WorkersConfig
+from bertrec.config import QUANTIZE_MODES, RUNTIMES, WorkersConfig
 from bertrec.workers.batching import plan_model_calls
 
 logger = logging.getLogger(__name__)
 
 # The fixed cost of one forward pass in tokens, which decides when cutting a batch into calls of
-# similar lengths pays. CPU: measured with all-MiniLM-L6-v2 on 1 thread (about 7 ms a call + 0.28 ms
-# a token). CUDA: an estimate, not measured here (a few ms of kernel launches against about a
-# microsecond a token), high enough that GPU batches are cut only by the token cap.
-CALL_OVERHEAD_TOKENS = {"cpu": 32, "cuda": 2048}
+# similar lengths pays. CPU: measured with all-MiniLM-L6-v2 on 1 thread: eager torch about 7 ms a
+# call + 0.28 ms a token, ONNX Runtime about 2.4 ms a call + 0.25 ms a token. CUDA: an estimate,
+# not measured here (a few ms of kernel launches against about a microsecond a token), high enough
+# that GPU batches are cut only by the token cap.
+CALL_OVERHEAD_TOKENS = {"cpu": 32, "cpu-graph": 10, "cuda": 2048}
 
 
 def default_model_path() -> str:
@@ -78,13 +79,17 @@ class BertEncoder:
         max_length: int = 128,
         max_batch_tokens: int = WorkersConfig.max_batch_tokens,
         quantize: str = "none",
+        runtime: str = "auto",
+        onnx_cache_dir: str = "",
     ):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = Path(model_path or default_model_path())
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no Hugging Face checkpoint (config.json) in {path}")
         packaged = path.resolve() == Path(default_model_path()).resolve()
@@ -93,12 +98,9 @@ class BertEncoder:
         self.device = device
         self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens  # padded tokens per model call; adjustable at run time
-        self.call_overhead_tokens = CALL_OVERHEAD_TOKENS["cuda" if device.startswith("cuda") else "cpu"]
         self.stats = EncoderStats()
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        self.model = AutoModel.from_pretrained(str(path), dtype=dtype).to(device).eval()
         if quantize != "none" and device.startswith("cuda"):
             logger.warning("quantize=%s applies to CPU replicas only; ignored on %s (fp16 there)", quantize, device)
             quantize = "none"
@@ -106,16 +108,35 @@ class BertEncoder:
             # Emulated bf16 is slower than fp32: no gain, only a different vector.
             logger.warning("quantize=bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); using fp32")
             quantize = "none"
-        if quantize == "int8":
-            self.model = _quantize_int8(self.model)
-        elif quantize == "bf16":
-            self.model = self.model.to(torch.bfloat16)
         self.quantize = quantize  # what the weights are: "bf16"/"int8" only on CPU, where it was asked for
-        self.dim = int(self.model.config.hidden_size)
+        self.runtime = resolve_runtime(runtime, device, quantize)
+        self.model = None  # the torch module; None when ONNX Runtime or OpenVINO runs the model
+        self._graph = None  # their session over the exported graph
+        if self.runtime != "torch":
+            try:
+                self._graph = _graph_session(self.runtime, path, self.tokenizer, onnx_cache_dir, quantize)
+            except Exception as exc:
+                if runtime != "auto":
+                    raise
+                # auto never makes a checkpoint that torch can run unusable (an architecture the
+                # exporter does not cover, a full disk): it costs speed, not service.
+                logger.warning("cannot run %s on %s (%s); using torch", path, self.runtime, exc)
+                self.runtime = "torch"
+        cost_model = "cuda" if device.startswith("cuda") else "cpu" if self.runtime == "torch" else "cpu-graph"
+        self.call_overhead_tokens = CALL_OVERHEAD_TOKENS[cost_model]
+        if self._graph is not None:
+            self.dim = int(AutoConfig.from_pretrained(str(path)).hidden_size)
+        else:
+            dtype = torch.float16 if device.startswith("cuda") else torch.float32
+            self.model = AutoModel.from_pretrained(str(path), dtype=dtype).to(device).eval()
+            if quantize == "int8":
+                self.model = _quantize_int8(self.model)
+            elif quantize == "bf16":
+                self.model = self.model.to(torch.bfloat16)
+            self.dim = int(self.model.config.hidden_size)
         self.encoded_texts = 0
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        torch = self._torch
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -123,21 +144,31 @@ class BertEncoder:
         # (rows x longest <= max_batch_tokens, similar lengths together), then feed those calls.
         tokens = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         lengths = [len(ids) for ids in tokens["input_ids"]]
-        with torch.inference_mode():
-            for rows in plan_model_calls(lengths, self.max_batch_tokens, self.call_overhead_tokens):
-                batch = self._padded(tokens, rows)
-                hidden = self.model(**batch).last_hidden_state.float()  # pool in fp32 whatever the weights
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-                out[rows] = pooled.cpu().numpy()
-                self.stats.record(len(rows), batch["input_ids"].shape[1], sum(lengths[i] for i in rows))
+        for rows in plan_model_calls(lengths, self.max_batch_tokens, self.call_overhead_tokens):
+            batch = self._padded(tokens, rows)
+            out[rows] = self._pooled(batch)
+            self.stats.record(len(rows), batch["input_ids"].shape[1], sum(lengths[i] for i in rows))
         self.encoded_texts += len(texts)
         return out
 
-    def _padded(self, tokens, rows: list[int]) -> dict:
-        """The rows' token lists padded to the longest of them, as tensors on the device (what
-        `tokenizer(..., padding=True)` makes, without tokenizing again)."""
+    def _pooled(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Mean-pooled (over real tokens), L2-normalised vectors of one padded batch, fp32."""
+        if self._graph is not None:
+            hidden = self._graph(batch)
+            mask = batch["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+            return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        torch = self._torch
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+            hidden = self.model(**tensors).last_hidden_state.float()  # pool in fp32 whatever the weights
+            mask = tensors["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+
+    def _padded(self, tokens, rows: list[int]) -> dict[str, np.ndarray]:
+        """The rows' token lists padded to the longest of them (what `tokenizer(..., padding=True)`
+        makes, without tokenizing again)."""
         width = max(len(tokens["input_ids"][i]) for i in rows)
         left = self.tokenizer.padding_side == "left"
         batch = {}
@@ -150,7 +181,7 @@ class BertEncoder:
                     array[r, width - len(row) :] = row
                 else:
                     array[r, : len(row)] = row
-            batch[key] = self._torch.from_numpy(array).to(self.device)
+            batch[key] = array
         return batch
 
     def encode_items(self, texts: Sequence[str]) -> np.ndarray:
@@ -162,10 +193,54 @@ class BertEncoder:
     @property
     def device_label(self) -> str:
         """The device plus the weight format when it is not the device's default, e.g. "cpu-int8"."""
-        return f"{self.device}-{self.quantize}" if self.quantize != "none" else self.device
+        return device_with(self.device, self.quantize)
 
     def health(self) -> dict:
-        return {"model": self.model_name, "device": self.device_label, "dim": self.dim}
+        return {"model": self.model_name, "device": self.device_label, "runtime": self.runtime, "dim": self.dim}
+
+
+# What each runtime runs: (device kind, quantize) pairs. GPU replicas (fp16) and int8 weights
+# (torch's dynamic quantization) run on torch only.
+RUNTIME_RUNS = {"onnx": {("cpu", "none")}, "openvino": {("cpu", "none"), ("cpu", "bf16")}}
+AUTO_RUNTIME = {("cpu", "none"): "onnx", ("cpu", "bf16"): "openvino"}
+
+
+def _graph_session(runtime: str, path: Path, tokenizer, cache_dir: str, quantize: str):
+    """An ONNX Runtime or OpenVINO session over the checkpoint's exported graph."""
+    import torch
+
+    from bertrec.workers.onnx_model import OnnxHiddenStates, OpenVinoHiddenStates, exported_model
+
+    graph = exported_model(str(path), list(tokenizer("a").keys()), cache_dir)
+    if runtime == "onnx":
+        return OnnxHiddenStates(graph, torch.get_num_threads())
+    return OpenVinoHiddenStates(graph, torch.get_num_threads(), "bf16" if quantize == "bf16" else "f32")
+
+
+def resolve_runtime(runtime: str, device: str, quantize: str) -> str:
+    """torch, onnx or openvino. auto: fp32 CPU replicas on ONNX Runtime, bf16 CPU replicas on
+    OpenVINO, each when installed; everything else (GPU fp16, int8) on torch."""
+    from bertrec.workers.onnx_model import onnx_available, openvino_available
+
+    installed = {"onnx": onnx_available, "openvino": openvino_available}
+    kind = ("cuda" if device.startswith("cuda") else "cpu", quantize)
+    if runtime == "auto":
+        chosen = AUTO_RUNTIME.get(kind, "torch")
+        return chosen if chosen == "torch" or installed[chosen]() else "torch"
+    if runtime == "torch":
+        return "torch"
+    if kind not in RUNTIME_RUNS[runtime]:
+        logger.warning("runtime=%s does not run %s replicas; using torch", runtime, device_with(device, quantize))
+        return "torch"
+    if not installed[runtime]():
+        package = "onnxruntime onnx onnxscript" if runtime == "onnx" else "openvino onnx onnxscript"
+        raise ValueError(f"runtime={runtime} needs {package} (pip install {package})")
+    return runtime
+
+
+def device_with(device: str, quantize: str) -> str:
+    """The device plus the weight format when it is not the device's default, e.g. "cpu-int8"."""
+    return f"{device}-{quantize}" if quantize != "none" else device
 
 
 def cpu_has_native_bf16() -> bool:

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 SPLIT_TEXTS = 256
 # Requests this small (queries, single texts) are merged with concurrent ones before the actor call.
 COALESCE_MAX_TEXTS = 8
+# Merged calls out per replica before small requests wait in the front end: one running, one queued
+# behind it, so a replica never idles between batches and takes each batch as one call.
+CALLS_IN_FLIGHT_PER_REPLICA = 2
 
 
 def ensure_ray(workers: WorkersConfig) -> None:
@@ -122,6 +125,8 @@ class RayEncoderPool:
         self.dim = infos[0]["dim"]
         self.model_name = infos[0]["model"]
         self.quantize = infos[0].get("quantize", "none")
+        for coalescer in self._coalescers.values():
+            coalescer.max_in_flight = CALLS_IN_FLIGHT_PER_REPLICA * count
         logger.info("encoder pool ready: %d replicas on %s", count, [i["device"] for i in infos])
 
     def _existing(self, i: int) -> Any:

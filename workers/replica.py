@@ -40,7 +40,8 @@ def replica_settings(model: ModelConfig, workers: WorkersConfig, model_path: str
     """What a replica is built with and serves: a front end attaching to a shared replica must
     want the same (every model setting but the checkpoint folders, and the batching and CPU
     settings), or its vectors and queueing would differ from what it expects."""
-    settings = {k: v for k, v in dataclasses.asdict(model).items() if k not in ("path", "checkpoints_dir")}
+    local_paths = ("path", "checkpoints_dir", "onnx_cache_dir")
+    settings = {k: v for k, v in dataclasses.asdict(model).items() if k not in local_paths}
     built_with = ("cpus_per_replica", "max_batch_size", "max_wait_s", "max_batch_tokens", "max_queue")
     settings |= {k: getattr(workers, k) for k in built_with}
     return {"model_path": model_path, **settings}
@@ -110,6 +111,8 @@ class EncoderReplica:
             max_length=m.max_length,
             max_batch_tokens=b["max_batch_tokens"],
             quantize=m.quantize,
+            runtime=m.runtime,
+            onnx_cache_dir=m.onnx_cache_dir,
         )
         batcher = Batcher(encoder.encode_items, b["max_batch_size"], b["max_wait_s"], self.workers_config.max_queue)
         return encoder, batcher
@@ -163,6 +166,7 @@ class EncoderReplica:
             "name": self.name,
             "device": self.encoder.device_label,  # e.g. "cpu-int8"
             "quantize": self.encoder.quantize,
+            "runtime": self.encoder.runtime,  # "onnx" or "torch"
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "model": self.encoder.model_name,

@@ -235,7 +235,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaInfo(_message.Message):
-    __slots__ = ("name", "device", "node_id", "healthy", "encoded_texts", "mean_batch_size", "max_batch_size", "max_wait_s", "max_batch_tokens", "mean_queue_s")
+    __slots__ = ("name", "device", "node_id", "healthy", "encoded_texts", "mean_batch_size", "max_batch_size", "max_wait_s", "max_batch_tokens", "mean_queue_s", "runtime")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +246,7 @@ class ReplicaInfo(_message.Message):
     MAX_WAIT_S_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MEAN_QUEUE_S_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     device: str
     node_id: str
@@ -256,7 +257,8 @@ class ReplicaInfo(_message.Message):
     max_wait_s: float
     max_batch_tokens: int
     mean_queue_s: float
-    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., node_id: _Optional[str] = ..., healthy: _Optional[bool] = ..., encoded_texts: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_wait_s: _Optional[float] = ..., max_batch_tokens: _Optional[int] = ..., mean_queue_s: _Optional[float] = ...) -> None: ...
+    runtime: str
+    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., node_id: _Optional[str] = ..., healthy: _Optional[bool] = ..., encoded_texts: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_wait_s: _Optional[float] = ..., max_batch_tokens: _Optional[int] = ..., mean_queue_s: _Optional[float] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("version", "model", "dim", "replicas", "index_type", "index_device", "index_size", "item_count", "user_count", "interaction_count", "store_version", "user_cache_hit_rate", "reranker", "reranker_ready")

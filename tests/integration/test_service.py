@@ -36,6 +36,7 @@ def test_info_reports_model_replicas_and_sizes(service):
     items, ratings = catalogue()
     assert info.model == "all-MiniLM-L6-v2" and info.dim == 384
     assert len(info.replicas) == 2 and all(r.healthy and r.device == "cpu" for r in info.replicas)
+    assert all(r.runtime == "onnx" for r in info.replicas)  # fp32 CPU replicas run on ONNX Runtime
     assert info.index_type == "Flat" and info.index_device == "cpu"
     assert info.index_size == info.item_count == len(items)
     assert info.interaction_count == len(ratings)

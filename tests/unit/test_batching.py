@@ -200,7 +200,8 @@ def test_batcher_stats_histograms():
     assert stats.queue_times.count == 4 and stats.mean_queue_s >= 0
 
 
-def test_real_encoder_keeps_the_token_cap_and_matches_unbatched_vectors():
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_real_encoder_keeps_the_token_cap_and_matches_unbatched_vectors(runtime):
     from bertrec.movielens import bundled_path, read_movies
     from bertrec.workers.encoder import BertEncoder
 
@@ -208,11 +209,16 @@ def test_real_encoder_keeps_the_token_cap_and_matches_unbatched_vectors():
     long_texts = [f"{t}. " + " ".join(titles[i:] + titles[:i]) for i, t in enumerate(titles[:6])]  # up to 128
     texts = [*long_texts[:3], *titles, *long_texts[3:]]
     cap = 512
-    encoder = BertEncoder("", "cpu", max_batch_tokens=cap)
+    encoder = BertEncoder("", "cpu", max_batch_tokens=cap, runtime=runtime)
+    assert encoder.runtime == runtime
     shapes: list[tuple[int, int]] = []
-    encoder.model.register_forward_pre_hook(
-        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
-    )
+    model_call = encoder._pooled
+
+    def recording(batch):
+        shapes.append(batch["input_ids"].shape)
+        return model_call(batch)
+
+    encoder._pooled = recording
     batched = encoder.encode_items(texts)
     lengths = [len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=128)["input_ids"]]
     assert max(lengths) == 128 and min(lengths) < 16  # really mixed lengths

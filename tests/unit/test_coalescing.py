@@ -94,3 +94,54 @@ def test_cancelled_caller_does_not_break_the_others(n):
         return await asyncio.gather(*others)
 
     assert len(asyncio.run(main())) == n
+
+
+def test_requests_wait_for_the_window_and_leave_together():
+    """Two calls out (max_in_flight): what arrives meanwhile waits and leaves as one call."""
+    send = RecordingSend()
+
+    async def main():
+        c = Coalescer(send, max_texts=64, max_in_flight=2)
+        first = [asyncio.ensure_future(c.submit([f"a{i}"])) for i in range(2)]
+        await asyncio.sleep(0.002)  # the first turn's requests leave at once, as one call
+        second = asyncio.ensure_future(c.submit(["b0"]))
+        await asyncio.sleep(0.002)  # a second call: the window is now full
+        late = [asyncio.ensure_future(c.submit([f"c{i}"])) for i in range(5)]
+        await asyncio.sleep(0.002)
+        assert c.in_flight == 2 and len(send.calls) == 2  # the five wait in the front end
+        results = await asyncio.gather(*first, second, *late)
+        return c, results
+
+    c, results = asyncio.run(main())
+    assert send.calls == [["a0", "a1"], ["b0"], [f"c{i}" for i in range(5)]]
+    assert c.in_flight == 0 and [r.shape for r in results] == [(1, 1)] * 8
+
+
+def test_window_frees_its_slot_when_a_call_fails():
+    send = RecordingSend(fail_on="bad")
+
+    async def main():
+        c = Coalescer(send, max_in_flight=1)
+        outcomes = await asyncio.gather(c.submit(["bad"]), return_exceptions=True)
+        again = await c.submit(["good"])  # the failed call gave its slot back
+        return c, outcomes, again
+
+    c, outcomes, again = asyncio.run(main())
+    assert isinstance(outcomes[0], Overloaded) and again.shape == (1, 1) and c.in_flight == 0
+
+
+def test_cancelled_waiting_caller_is_not_sent():
+    send = RecordingSend()
+
+    async def main():
+        c = Coalescer(send, max_in_flight=1)
+        busy = asyncio.ensure_future(c.submit(["busy"]))
+        await asyncio.sleep(0.002)
+        waiting = asyncio.ensure_future(c.submit(["gave up"]))
+        kept = asyncio.ensure_future(c.submit(["kept"]))
+        await asyncio.sleep(0.002)
+        waiting.cancel()
+        await asyncio.gather(busy, kept)
+
+    asyncio.run(main())
+    assert send.calls == [["busy"], ["kept"]]

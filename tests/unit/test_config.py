@@ -47,6 +47,7 @@ def test_config_file_from_environment(tmp_path):
         {"BERTREC_INDEX_NPROBE": "auto"},  # auto is 0
         {"BERTREC_RERANK_EASE_MAX_ITEMS": "0"},
         {"BERTREC_RERANK_NEIGHBOUR_CANDIDATES": "-1"},
+        {"BERTREC_MODEL_RUNTIME": "tensorrt"},
     ],
 )
 def test_bad_values_are_refused(env):

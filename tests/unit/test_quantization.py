@@ -131,16 +131,18 @@ needs_native_bf16 = pytest.mark.skipif(
 
 
 @needs_native_bf16
-def test_bf16_vectors_match_fp32():
+@pytest.mark.parametrize("runtime", ["openvino", "torch"])  # auto picks openvino
+def test_bf16_vectors_match_fp32(runtime):
     import torch
 
     from bertrec.movielens import bundled_path, read_movies
     from bertrec.workers.encoder import BertEncoder
 
     titles = [m.text for m in read_movies(bundled_path())][:TITLES]
-    encoder = BertEncoder("", "cpu", quantize="bf16")
-    assert encoder.quantize == "bf16" and encoder.device_label == "cpu-bf16"
-    assert next(encoder.model.parameters()).dtype == torch.bfloat16
+    encoder = BertEncoder("", "cpu", quantize="bf16", runtime=runtime)
+    assert encoder.quantize == "bf16" and encoder.device_label == "cpu-bf16" and encoder.runtime == runtime
+    if runtime == "torch":
+        assert next(encoder.model.parameters()).dtype == torch.bfloat16
     bf16 = encoder.encode_items(titles)
     assert bf16.dtype == np.float32
     cosine = np.sum(BertEncoder("", "cpu").encode_items(titles) * bf16, axis=1)
