@@ -123,13 +123,15 @@ def encode_step(args, gpus: int, log: Path) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from bertrec.workers.encoder import default_model_path
+    from bertrec.workers.encoder import BertEncoder, default_model_path
 
     counts = QUICK_TEXTS if args.quick else TEXTS
     rounds = 1 if args.quick else args.rounds
     model = SentenceTransformer(default_model_path(), device="cuda").half()  # as the replicas: fp16 on CUDA
     texts, token_means = measurement_texts(model.tokenizer, counts)
     model.encode(texts["short"][:64])  # warm-up
+    same_runtime = BertEncoder(default_model_path(), "cuda")  # the replicas' own encoder: torch fp16
+    same_runtime.encode_items(texts["short"][:64])
     raw: dict = {length: defaultdict(list) for length in texts}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,17 +140,18 @@ def encode_step(args, gpus: int, log: Path) -> dict:
             service_rate(server, texts["short"][:32], 8, 1)  # warm-up: the replicas' first calls
             for r in range(rounds):
                 for length, batch in texts.items():
-                    measure_texts(model, batch, server, (server,), raw[length])
+                    measure_texts((model, same_runtime), batch, server, (server,), raw[length])
                 print(f"encode round {r + 1}/{rounds} done after {time.perf_counter() - began:.0f}s", flush=True)
         finally:
             server.served.stop()
     dtype = str(next(model.parameters()).dtype)
-    del model
+    del model, same_runtime
     gc.collect()
     torch.cuda.empty_cache()
     return {
         "setup": {
             "in_process": f"sentence-transformers encode on cuda, {dtype} (model.half()), batch_size 64",
+            "in_process_same_runtime": "BertEncoder on cuda (torch fp16, as the replicas), all texts in one call",
             "service": f"bertrec serve --no-demo --device cuda --replicas {gpus} (fp16 on CUDA), default batching",
             "texts_per_measurement": counts,
             "rounds": rounds,

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from bertrec.fingerprint import model_fingerprint
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMAT = 1  # bump when the exported graph changes (inputs, outputs, export options)
+# Exports kept per cache folder (~90 MB each for a MiniLM): every fine-tuned checkpoint adds one,
+# so the least recently used beyond this go, once they are an hour old.
+KEEP_EXPORTS = 8
+PRUNE_AFTER_S = 3600
 
 
 def default_cache_dir() -> Path:
@@ -59,12 +64,27 @@ def exported_model(model_path: str, input_names: list[str], cache_dir: str | Pat
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{export_key(model_path)}.onnx"
     if target.exists():
+        os.utime(target)  # recently used: kept by prune_exports
         return target
     with open(folder / f"{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.exists():
             _export(model_path, input_names, target)
+            prune_exports(folder)
     return target
+
+
+def prune_exports(folder: Path, keep: int = KEEP_EXPORTS, older_than_s: float = PRUNE_AFTER_S) -> list[Path]:
+    """Delete the least recently used exports beyond `keep` that are older than `older_than_s`."""
+    exports = sorted(folder.glob("*.onnx"), key=lambda f: f.stat().st_mtime, reverse=True)
+    now = time.time()
+    removed = []
+    for stale in exports[keep:]:
+        if now - stale.stat().st_mtime > older_than_s:
+            stale.unlink(missing_ok=True)
+            Path(f"{stale}.lock").unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
 
 
 def _export(model_path: str, input_names: list[str], target: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -174,3 +175,16 @@ def test_auto_falls_back_to_torch_when_the_export_fails(tmp_path, monkeypatch, c
     assert "operator not supported" in caplog.text and encoder.encode_items(["Heat (1995)"]).shape == (1, 384)
     with pytest.raises(RuntimeError, match="operator not supported"):  # asked for by name: no silent fallback
         BertEncoder(default_model_path(), "cpu", runtime="onnx", onnx_cache_dir=str(tmp_path))
+
+
+def test_least_recently_used_exports_are_pruned(tmp_path):
+    now = time.time()
+    for i in range(5):
+        (tmp_path / f"m{i}.onnx").write_bytes(b"graph")
+        (tmp_path / f"m{i}.onnx.lock").write_text("")
+        os.utime(tmp_path / f"m{i}.onnx", (now - 7200 + i, now - 7200 + i))  # m4 the most recent
+    os.utime(tmp_path / "m0.onnx")  # just used
+    removed = onnx_model.prune_exports(tmp_path, keep=2, older_than_s=3600)
+    assert sorted(f.name for f in removed) == ["m1.onnx", "m2.onnx", "m3.onnx"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m0.onnx", "m0.onnx.lock", "m4.onnx", "m4.onnx.lock"]
+    assert onnx_model.prune_exports(tmp_path, keep=0, older_than_s=3600) == [tmp_path / "m4.onnx"]  # m0 is fresh
