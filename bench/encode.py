@@ -12,7 +12,8 @@ Replicas run the fp32 model on ONNX Runtime by default (model.runtime auto), sen
 on torch. So the service's own cost is shown against a second in-process baseline on the same
 runtime: `BertEncoder(runtime="onnx")` with 2 threads encoding all the texts in one call.
 
-Also, at 32 single-text callers:
+Also, at 32 single-text callers (after the main rounds, with the servers of (b) and (c) started
+beside the default one only then, so that none idles beside the main measurements):
   (a) batching across callers vs per-request encoding: the same server set to max_batch_size 1
       with Admin.ConfigureBatching (one text per model call) vs its default;
   (b) two replicas with 1 torch thread each (the default on 2 cores) vs one replica with 2 threads,
@@ -98,8 +99,8 @@ def in_process_rate(model, texts: list[str]) -> tuple[float, float]:
 
 
 def same_runtime_rate(encoder, texts: list[str]) -> float:
-    """Texts/s of the replicas' own encoder (ONNX Runtime) in this process, all texts in one call:
-    the baseline that leaves only the service's own cost in the ratio."""
+    """Texts/s of the replicas' own encoder (ONNX Runtime on CPU) in this process, all texts in one
+    call: the baseline that leaves only the service's own cost in the ratio."""
     began = time.perf_counter()
     encoder.encode_items(texts)
     return len(texts) / (time.perf_counter() - began)
@@ -191,15 +192,23 @@ def measure_texts(models, batch: list[str], a: Server, servers: tuple[Server, ..
             out[f"{mode}_{callers}"].append(service_rate(a, batch, callers, per_request))
 
 
-def run_round(models, texts: dict[str, list[str]], servers: tuple[Server, Server, Server], out: dict) -> None:
-    a, b, c = servers
+def run_round(models, texts: dict[str, list[str]], a: Server, out: dict) -> None:
+    """The main figures and (a), with `a` the only server running: idle servers beside it would
+    take CPU slices that stall the 2-thread in-process baseline more than the service."""
     for length, batch in texts.items():
-        measure_texts(models, batch, a, servers, out[length])
+        measure_texts(models, batch, a, (a,), out[length])
         configure(a.target, max_batch_size=1)  # (a): one text per model call, nothing merged
         try:
             out[length]["per_request_32"].append(service_rate(a, batch, 32, 1))
         finally:
             configure(a.target, **DEFAULT_BATCHING)
+
+
+def run_layout_round(texts: dict[str, list[str]], servers: tuple[Server, Server, Server], out: dict) -> None:
+    """(b) and (c): the default server against the other layouts, all three running alike."""
+    a, b, c = servers
+    for length, batch in texts.items():
+        out[length]["default_32_beside_others"].append(service_rate(a, batch, 32, 1))
         out[length]["one_replica_2_threads_32"].append(service_rate(b, batch, 32, 1))  # (b)
         out[length]["torch_runtime_32"].append(service_rate(c, batch, 32, 1))  # (c)
 
@@ -230,11 +239,12 @@ def summarise(raw: dict, token_means: dict) -> dict:
             }
         row["in_process_cpu_ms_per_text"] = median(runs["in_process"], "cpu_ms_per_text")
         row["idle_servers_cores_during_in_process"] = median(runs["in_process"], "idle_servers_cores")
-        if "per_request_32" in row and "one_replica_2_threads_32" in row:  # (a) and (b) were measured
+        if "per_request_32" in row:  # (a) was measured
             row["batching_gain_32"] = row["single_32"]["texts_per_s"] / row["per_request_32"]["texts_per_s"]
-            one = row["one_replica_2_threads_32"]["texts_per_s"]
-            row["two_replicas_vs_one_32"] = row["single_32"]["texts_per_s"] / one
-            row["onnx_vs_torch_runtime_32"] = row["single_32"]["texts_per_s"] / row["torch_runtime_32"]["texts_per_s"]
+        if "default_32_beside_others" in row:  # (b) and (c) were measured
+            default = row["default_32_beside_others"]["texts_per_s"]
+            row["two_replicas_vs_one_32"] = default / row["one_replica_2_threads_32"]["texts_per_s"]
+            row["onnx_vs_torch_runtime_32"] = default / row["torch_runtime_32"]["texts_per_s"]
         summary[length] = row
     return summary
 
@@ -264,14 +274,14 @@ def print_tables(summary: dict) -> None:
     for length, row in summary.items():
         print(
             f"{length:<7}{row['single_32']['texts_per_s']:19.0f}{row['per_request_32']['texts_per_s']:18.0f}"
-            f"{row['batching_gain_32']:6.2f}x | {row['single_32']['texts_per_s']:13.0f}"
+            f"{row['batching_gain_32']:6.2f}x | {row['default_32_beside_others']['texts_per_s']:13.0f}"
             f"{row['one_replica_2_threads_32']['texts_per_s']:14.0f}{row['two_replicas_vs_one_32']:6.2f}x"
         )
     print("(32 single-text callers, texts/s: (a) batching across callers vs per-request; (b) replica layout)")
 
     print(f"\n{'texts':<7}{'onnx (default)':>15}{'torch':>8}{'ratio':>7}")
     for length, row in summary.items():
-        onnx, torch_rate = row["single_32"]["texts_per_s"], row["torch_runtime_32"]["texts_per_s"]
+        onnx, torch_rate = row["default_32_beside_others"]["texts_per_s"], row["torch_runtime_32"]["texts_per_s"]
         print(f"{length:<7}{onnx:15.0f}{torch_rate:8.0f}{row['onnx_vs_torch_runtime_32']:6.2f}x")
     print("(32 single-text callers, texts/s: (c) the replicas' runtime)")
 
@@ -317,13 +327,13 @@ def plot(summary: dict, path: Path) -> None:
         ),
         (
             right,
-            ("single_32", "2 replicas x 1 thread"),
+            ("default_32_beside_others", "2 replicas x 1 thread"),
             ("one_replica_2_threads_32", "1 replica x 2 threads"),
             "(b) replica layout, 32 single-text callers",
         ),
         (
             runtime,
-            ("single_32", "ONNX Runtime (default)"),
+            ("default_32_beside_others", "ONNX Runtime (default)"),
             ("torch_runtime_32", "eager torch"),
             "(c) replicas' runtime, 32 single-text callers",
         ),
@@ -371,13 +381,17 @@ def main() -> int:
         a = Server(Path(tmp) / "a", log, replicas=2, threads=1)
         b = c = None
         try:
+            service_rate(a, texts["short"][:32], 8, 1)  # warm-up: replicas' first calls
+            for r in range(rounds):
+                run_round((model, same_runtime), texts, a, raw)
+                print(f"round {r + 1}/{rounds} done after {time.perf_counter() - began:.0f}s", flush=True)
             b = Server(Path(tmp) / "b", log, replicas=1, threads=2)
             c = Server(Path(tmp) / "c", log, 2, 1, "--runtime", "torch")
-            for server in (a, b, c):
-                service_rate(server, texts["short"][:32], 8, 1)  # warm-up: replicas' first calls
+            for server in (b, c):
+                service_rate(server, texts["short"][:32], 8, 1)
             for r in range(rounds):
-                run_round((model, same_runtime), texts, (a, b, c), raw)
-                print(f"round {r + 1}/{rounds} done after {time.perf_counter() - began:.0f}s", flush=True)
+                run_layout_round(texts, (a, b, c), raw)
+                print(f"layout round {r + 1}/{rounds} done after {time.perf_counter() - began:.0f}s", flush=True)
         finally:
             for server in (a, b, c):
                 if server is not None:
