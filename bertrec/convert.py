@@ -11,6 +11,33 @@ from bertrec.errors import InvalidRequest
 from bertrec.v1 import recommender_pb2 as pb
 
 
+def encode_response_to_pb(vectors, dim: int) -> pb.EncodeResponse:
+    """EncodeResponse from a (n, dim) float array, built from its wire bytes.
+
+    `Vector(values=row.tolist())` turns every float into a Python object and back (~15 us a
+    vector); the wire format of a packed `repeated float` is the array's own little-endian
+    bytes, which protobuf parses with one copy (~1.5 us a vector)."""
+    if vectors.ndim != 2:  # a 1-D array would pass as n one-float vectors
+        raise ValueError(f"expected an (n, dim) array, got shape {vectors.shape}")
+    parts = []
+    for row in vectors.astype("<f4", copy=False):
+        raw = row.tobytes()
+        vector = b"\x0a" + _varint(len(raw)) + raw  # Vector.values: field 1, length-delimited
+        parts.append(b"\x0a" + _varint(len(vector)) + vector)  # EncodeResponse.vectors: field 1
+    response = pb.EncodeResponse.FromString(b"".join(parts))
+    response.dim = dim
+    return response
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def metadata_from_json(text: str, item_id: int | None = None) -> dict[str, Any]:
     if not text:
         return {}

@@ -15,6 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from bertrec.config import Config
+from bertrec.server import heap
 from bertrec.server.admission import AdmissionInterceptor
 from bertrec.server.auth import TokenAuthInterceptor
 from bertrec.server.metrics import ServerMetrics
@@ -99,6 +100,7 @@ class BertrecServer:
         await self.server.start()
         logger.info("listening on %s:%d; loading model and index", self.config.server.host, self.port)
         await self.state.start()
+        heap.settle()
         await self._set_health(True)
         logger.info("SERVING on port %d", self.port)
 

@@ -148,7 +148,7 @@ class Recommender:
         exclude: set[int],
         filters: tuple[MetadataFilter, ...],
         deadline: float | None,
-    ) -> tuple[list[int], dict[int, Item], dict[int, float]]:
+    ) -> tuple[list[int], dict[int, Item], np.ndarray]:
         """(candidate ids in index order, items read for filtering, the index's score of each)."""
         index = self.catalog.index
         assert index is not None
@@ -159,16 +159,16 @@ class Recommender:
             fetch = min(fetch, len(index))
             with timed("search"):
                 found_scores, found = await self.catalog.search(vector[None, :], fetch)
-            scores = {int(i): float(s) for i, s in zip(found[0], found_scores[0]) if i >= 0 and int(i) not in exclude}
-            ids = list(scores)
+            ids, scores = _hits(found[0], found_scores[0], exclude)
             if filters:
-                items = await asyncio.to_thread(self.catalog.store.get_items, ids)
-                ids = [i for i in ids if i in items and _metadata_matches(items[i].metadata, filters)]
+                items = await asyncio.to_thread(self.catalog.store.get_items, ids.tolist())
+                matches = (i in items and _metadata_matches(items[i].metadata, filters) for i in ids.tolist())
+                keep = np.fromiter(matches, dtype=bool, count=len(ids))
+                ids, scores = ids[keep], scores[keep]
             if len(ids) >= pool_size or fetch >= len(index):
                 break
             fetch *= 4
-        ids = ids[:pool_size]
-        return ids, items, {i: scores[i] for i in ids}
+        return ids[:pool_size].tolist(), items, scores[:pool_size]
 
     async def _top_by_index(
         self,
@@ -176,14 +176,13 @@ class Recommender:
         profile: UserProfile,
         candidates: list[int],
         items: dict[int, Item],
-        index_scores: dict[int, float],
+        index_scores: np.ndarray,
         q: RecommendQuery,
     ) -> list[ScoredItem]:
         """The index's scores are exact already: order by them and read only the top k's vectors
         (for the "because" explanation) instead of re-scoring the whole candidate pool."""
         ids = np.asarray(candidates, dtype=np.int64)
-        scores = np.asarray([index_scores[i] for i in candidates], dtype=np.float32)
-        top = ids[order_by_score(scores, ids)][: q.k].tolist()
+        top = ids[order_by_score(index_scores, ids)][: q.k].tolist()
         result = await self._score(vector, profile, top, items, q.k, 0.0, q.include_items)
         if len(result) < min(q.k, len(candidates)):  # some were deleted since the search
             return await self._score(vector, profile, candidates, items, q.k, 0.0, q.include_items)
@@ -265,6 +264,20 @@ class Recommender:
         return await self._score(
             vector, profile, unique, {}, len(unique), q.diversity, q.include_items, history=history
         )
+
+
+def _hits(ids: np.ndarray, scores: np.ndarray, exclude: set[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A search's hits in index order without padding (-1), excluded ids and repeats (a sharded
+    index can return an id from two shards while it moves), kept as arrays: a numpy scalar and a
+    dict entry per hit took 150 us for a pool of 235, this about 40 us (np.isin alone takes 36 us
+    at this size)."""
+    seen: set[int] = set()  # not a copy of `exclude`: a user's seen items can be thousands
+    keep = []
+    for n, item_id in enumerate(ids.tolist()):
+        if item_id >= 0 and item_id not in exclude and item_id not in seen:
+            seen.add(item_id)
+            keep.append(n)
+    return ids[keep].astype(np.int64, copy=False), scores[keep].astype(np.float32, copy=False)
 
 
 def _unit_range(scores: np.ndarray) -> np.ndarray:

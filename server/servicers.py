@@ -185,7 +185,7 @@ class EmbedderServicer(_Base):
         validation.check_texts(texts, self.config)
         state = self.ready()
         vectors = await state.pool.encode(texts, deadline_of(context))
-        return pb.EncodeResponse(vectors=[pb.Vector(values=v.tolist()) for v in vectors], dim=state.pool.dim)
+        return convert.encode_response_to_pb(vectors, state.pool.dim)
 
 
 class AdminServicer(_Base):

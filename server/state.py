@@ -13,6 +13,7 @@ from bertrec import __version__
 from bertrec.config import Config
 from bertrec.errors import FailedPrecondition, InvalidRequest, NotFound
 from bertrec.fingerprint import model_fingerprint  # noqa: F401  (imported from here by callers)
+from bertrec.server import heap
 from bertrec.types import ReplicaInfo, ServiceInfo
 
 logger = logging.getLogger(__name__)
@@ -222,6 +223,9 @@ class ServiceState:
             self.profiles.clear()
             self.model_path = str(path)
             logger.info("model swapped to %s", path)
+            # One full collection on the event loop (~0.2 s with a large catalogue): once per
+            # swap, to free the old model's objects and keep the new ones out of later passes.
+            heap.settle()
             yield "done", 1, 1, f"serving {path.name}"
 
     async def _snapshot_loop(self) -> None:

@@ -63,6 +63,24 @@ def test_export_is_cached_and_reused(encoders, cache, monkeypatch):
     np.testing.assert_allclose(again.encode_items(["Heat (1995)"]), encoders[0].encode_items(["Heat (1995)"]))
 
 
+def test_sessions_leave_out_the_skip_layer_norm_fusion(encoders, cache, tmp_path, monkeypatch):
+    """ORT accepts unknown names in disabled_optimizers silently: check on the optimised graph
+    that the name is one ORT knows and that the fusion (slower here, BENCHMARKS.md) is gone."""
+    import onnx
+
+    graph = next(cache.glob("*.onnx"))
+
+    def fused_ops(path) -> set[str]:
+        return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+    onnx_model.onnx_session(graph, 1, str(tmp_path / "ours.onnx"))
+    assert "SkipLayerNormalization" not in fused_ops(tmp_path / "ours.onnx")
+    assert "LayerNormalization" in fused_ops(tmp_path / "ours.onnx")
+    monkeypatch.setattr(onnx_model, "DISABLED_ORT_FUSIONS", [])
+    onnx_model.onnx_session(graph, 1, str(tmp_path / "default.onnx"))
+    assert "SkipLayerNormalization" in fused_ops(tmp_path / "default.onnx")
+
+
 def test_changed_checkpoint_files_change_the_export_key(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     first = onnx_model.export_key(str(tmp_path))

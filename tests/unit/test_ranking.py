@@ -1,6 +1,7 @@
 """Ranking arithmetic against hand-worked cases."""
 
 import numpy as np
+import pytest
 
 from bertrec.server.ranking import closest_history, mmr, order_by_score, tie_break_keys
 
@@ -41,3 +42,18 @@ def test_closest_history():
     np.testing.assert_allclose(sims, [1.0, 0.8])
     ids, sims = closest_history(items, np.zeros(0, np.int64), np.zeros((0, 2), np.float32))
     assert ids.tolist() == [0, 0]
+
+
+def test_search_hits_drop_padding_exclusions_and_repeats_in_index_order():
+    from bertrec.server.recommend import _hits
+
+    ids = np.array([7, 3, 9, 3, 5, -1, -1], np.int64)
+    scores = np.array([0.9, 0.8, 0.7, 0.8, 0.6, -np.inf, -np.inf], np.float32)
+    kept, kept_scores = _hits(ids, scores, {9})
+    assert kept.tolist() == [7, 3, 5]
+    assert kept_scores.tolist() == pytest.approx([0.9, 0.8, 0.6])
+    assert kept.dtype == np.int64 and kept_scores.dtype == np.float32
+    kept, _ = _hits(ids, scores, set())
+    assert kept.tolist() == [7, 3, 9, 5]
+    kept, kept_scores = _hits(np.array([-1], np.int64), np.array([0.0], np.float32), set())
+    assert len(kept) == len(kept_scores) == 0
