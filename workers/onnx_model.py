@@ -32,7 +32,9 @@ EXPORT_FORMAT = 1  # bump when the exported graph changes (inputs, outputs, expo
 KEEP_EXPORTS = 8
 # ONNX Runtime fuses each residual Add + LayerNorm into one SkipLayerNormalization kernel, which on
 # one thread took 8x the time of the two ops it replaces (660 ms vs 80 ms of a 6.9 s profile):
-# without that fusion a forward pass is ~9% faster at every batch size (BENCHMARKS.md).
+# without that fusion a forward pass is ~9% faster at every batch size (BENCHMARKS.md). Measured
+# with onnxruntime 1.30 on an AMD EPYC with AVX-512; on another CPU or release, recheck (time a
+# session with and without this list) before keeping it.
 DISABLED_ORT_FUSIONS = ["SkipLayerNormFusion"]
 PRUNE_AFTER_S = 3600
 
