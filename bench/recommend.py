@@ -100,7 +100,7 @@ def make_users(histories: list[list], movie_ids: np.ndarray, bases: np.ndarray, 
 def write_store(data: Path, vectors: np.ndarray, bases: np.ndarray, titles: list[str], users: dict) -> None:
     from tqdm import tqdm
 
-    from bertrec.server.state import model_fingerprint
+    from bertrec.fingerprint import model_fingerprint
     from bertrec.store import SQLiteStore
     from bertrec.types import Interaction, Item
     from bertrec.workers.encoder import default_model_path

@@ -306,8 +306,8 @@ def _train(args: argparse.Namespace) -> int:
 def _train_reranker(args: argparse.Namespace) -> int:
     from bertrec.evaluation.experiment import encode_catalogue
     from bertrec.evaluation.pipeline import train_for_serving
+    from bertrec.fingerprint import model_fingerprint
     from bertrec.rerank.training import RerankTraining
-    from bertrec.server.state import model_fingerprint
     from bertrec.workers.encoder import default_model_path
 
     dataset = _load_dataset(args)

@@ -40,7 +40,7 @@ REFERENCE = "zero-shot"
 
 def encode_catalogue(dataset: Dataset, model_path: str, cache_dir: Path) -> np.ndarray:
     """Item vectors with the (pretrained or fine-tuned) encoder, cached by model and texts."""
-    from bertrec.server.state import model_fingerprint
+    from bertrec.fingerprint import model_fingerprint
     from bertrec.workers.encoder import BertEncoder, default_model_path
 
     path = model_path or default_model_path()

@@ -12,7 +12,7 @@ from pathlib import Path
 from bertrec import __version__
 from bertrec.config import Config
 from bertrec.errors import FailedPrecondition, InvalidRequest, NotFound
-from bertrec.fingerprint import model_fingerprint  # noqa: F401  (imported from here by callers)
+from bertrec.fingerprint import model_fingerprint
 from bertrec.server import heap
 from bertrec.types import ReplicaInfo, ServiceInfo
 

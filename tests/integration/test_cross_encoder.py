@@ -14,6 +14,7 @@ from bertrec.evaluation.methods import TrainData
 from bertrec.evaluation.pipeline import CrossEncoderPipeline, validation_lists
 from bertrec.evaluation.runner import run_method
 from bertrec.evaluation.splits import Split, warm_split
+from bertrec.fingerprint import model_fingerprint
 from bertrec.rerank.cross_encoder import (
     CrossEncoder,
     CrossEncoderTraining,
@@ -24,7 +25,6 @@ from bertrec.rerank.cross_encoder import (
 )
 from bertrec.rerank.loading import load_reranker
 from bertrec.rerank.training import RerankTraining
-from bertrec.server.state import model_fingerprint
 from bertrec.types import Stage
 from bertrec.workers.encoder import default_model_path
 from tests.integration.helpers import ingest_and_wait_for_reranker, make_config, slice_dataset

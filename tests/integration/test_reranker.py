@@ -11,8 +11,8 @@ from bertrec.evaluation.methods import Popularity, Random
 from bertrec.evaluation.pipeline import RerankPipeline, train_for_serving
 from bertrec.evaluation.runner import run_method
 from bertrec.evaluation.splits import warm_split
+from bertrec.fingerprint import model_fingerprint
 from bertrec.rerank.training import RerankTraining
-from bertrec.server.state import model_fingerprint
 from bertrec.types import Stage
 from bertrec.workers.encoder import default_model_path
 from tests.integration.helpers import ingest_and_wait_for_reranker, make_config, slice_dataset
