@@ -18,9 +18,10 @@ logger = logging.getLogger(__name__)
 GPU_MAX_K = 2048  # FAISS GPU limit on k, and on nprobe
 # Auto search breadth (IndexConfig.nprobe / ef_search = 0), from the index size rounded up to a
 # power of two: nprobe = 2 * nlist^(2/3), but all lists up to EXHAUSTIVE_ITEMS vectors (exact);
-# efSearch = sqrt(size), at least 128. Fitted to the cheapest settings with recall@10 >= 0.95 in
-# BENCHMARKS.md (bench/index.py): IVF 128 of 512 lists at 20k items, 512 of 4096 at 1M; HNSW32
-# efSearch 128 at 20k (64: 0.948), 1024 at 1M (512: 0.949).
+# efSearch = sqrt(size / 2), at least 128. Fitted to the cheapest settings with recall@10 >= 0.95
+# in BENCHMARKS.md (bench/index.py), for perturbed items and user vectors alike: IVF 128 of 512
+# lists at 20k items, 512 of 4096 at 1M; HNSW32 efSearch 128 at 20k (64: 0.948), 256 at 100k
+# (0.98; 128: 0.948 for perturbed items), 725 at 1M (0.965, users 0.954; 512: 0.949).
 EXHAUSTIVE_ITEMS = 16_384
 MIN_EF_SEARCH = 128
 
@@ -38,8 +39,8 @@ def auto_nprobe(nlist: int, size: int) -> int:
 
 
 def auto_ef_search(size: int) -> int:
-    """HNSW efSearch for recall@10 >= ~0.95 in an index of `size` vectors: ceil(sqrt(step)), >= 128."""
-    return max(MIN_EF_SEARCH, math.isqrt(size_step(size) - 1) + 1)
+    """HNSW efSearch for recall@10 >= ~0.95 in an index of `size` vectors: ceil(sqrt(step / 2)), >= 128."""
+    return max(MIN_EF_SEARCH, math.isqrt(max(0, size_step(size) // 2 - 1)) + 1)
 
 
 def describe_breadth(breadth: dict[str, int], nprobe: int, ef_search: int) -> str:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +28,10 @@ COALESCE_MAX_TEXTS = 8
 # Merged calls out per replica before small requests wait in the front end: one running, one queued
 # behind it, so a replica never idles between batches and takes each batch as one call.
 CALLS_IN_FLIGHT_PER_REPLICA = 2
+# A local Ray start on a busy small machine now and then never sees its raylet register with the
+# GCS within Ray's fixed 30 s ("The current node timed out during startup"; seen here about once in
+# 15 starts, the raylet had not even opened its log); a fresh start then succeeds.
+LOCAL_START_ATTEMPTS = 3
 
 
 def ensure_ray(workers: WorkersConfig) -> None:
@@ -34,10 +42,47 @@ def ensure_ray(workers: WorkersConfig) -> None:
         return
     kwargs: dict[str, Any] = {"namespace": workers.namespace, "log_to_driver": True}
     if workers.ray_address:
-        kwargs["address"] = workers.ray_address
-    elif workers.ray_num_cpus:
+        ray.init(address=workers.ray_address, **kwargs)  # an existing cluster: its failure is the answer
+        return
+    if workers.ray_num_cpus:
         kwargs["num_cpus"] = workers.ray_num_cpus
-    ray.init(**kwargs)
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        before = _child_pids()
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            logger.warning("local Ray start %d of %d failed (%s); starting again", attempt, LOCAL_START_ATTEMPTS, exc)
+            # ray.init failed inside its node's constructor, so ray.shutdown() does not know the
+            # processes it started (GCS, dashboard, ...): stop this attempt's children directly.
+            _stop(_child_pids() - before)
+
+
+def _child_pids() -> set[int]:
+    """This process's direct children, from /proc (empty off Linux)."""
+    me, children = os.getpid(), set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # the command name, in parentheses, may hold spaces: the ppid follows the last ")"
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                children.add(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return children
+
+
+def _stop(pids: set[int], grace_s: float = 5.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 class RayEncoderPool:
