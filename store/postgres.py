@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS interactions (
     weight DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS interactions_by_user ON interactions (user_id, ts);
+-- The history key (the user's latest seq) is read on every Recommend call: with this index one
+-- lookup, without it a walk over all the user's rows (2 ms for a user with 20k interactions).
+CREATE INDEX IF NOT EXISTS interactions_by_user_seq ON interactions (user_id, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO meta (key, value) VALUES ('version', 0) ON CONFLICT DO NOTHING;
 """

@@ -71,6 +71,7 @@ class VectorIndex(Protocol):
     def save(self, folder: Path, version: int, extra_meta: dict | None = None) -> None: ...
 
 
+@functools.lru_cache(maxsize=64)  # asked on every Recommend call
 def scores_are_exact(factory: str) -> bool:
     """Whether an index of this factory string keeps every vector in full (Flat, HNSW32,
     IVF1024,Flat) rather than compressed (PQ, SQ, LSH, residual quantizers)."""

@@ -77,3 +77,32 @@ def test_liked_history_skips_disliked(open_store):
     liked, key = store.history("u", 10, liked_only=True)
     assert [h.item_id for h in liked] == [1]
     assert store.history("u", 10)[1] == key  # one key for both views
+
+
+def test_history_key_is_one_index_lookup_however_long_the_history(tmp_path):
+    """Recommend reads the key on every call: it must not walk a heavy user's rows."""
+    import sqlite3
+
+    store = SQLiteStore(tmp_path)
+    store.record_interactions([Interaction("heavy", i % 50, timestamp=float(i)) for i in range(5000)])
+    store.record_interactions([Interaction("light", 1, timestamp=1.0)])
+    assert store.history_key("heavy") > 0
+    query = "SELECT COALESCE(MAX(seq), 0) FROM interactions WHERE user_id = ?"
+
+    def vm_steps(db: sqlite3.Connection, user: str) -> int:
+        """SQLite virtual-machine instructions the key query runs for `user`."""
+        steps = [0]
+        db.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 1)
+        db.execute(query, (user,)).fetchall()
+        db.set_progress_handler(None, 1)
+        return steps[0]
+
+    db = sqlite3.connect(store.path)
+    vm_steps(db, "light")  # the first run also reads the schema
+    # With the (user_id, seq) index the heavy user costs what the light one does; the (user_id, ts)
+    # index alone walks all 5,000 of the heavy user's rows.
+    assert vm_steps(db, "heavy") <= vm_steps(db, "light") + 5
+    db.execute("DROP INDEX interactions_by_user_seq")  # the check itself can fail
+    assert vm_steps(db, "heavy") > 1000
+    db.close()
+    store.close()
