@@ -21,7 +21,7 @@ GPU_MAX_K = 2048  # FAISS GPU limit on k, and on nprobe
 # efSearch = sqrt(size / 2), at least 128. Fitted to the cheapest settings with recall@10 >= 0.95
 # in BENCHMARKS.md (bench/index.py), for perturbed items and user vectors alike: IVF 128 of 512
 # lists at 20k items, 512 of 4096 at 1M; HNSW32 efSearch 128 at 20k (64: 0.948), 256 at 100k
-# (0.98; 128: 0.948 for perturbed items), 725 at 1M (0.965, users 0.954; 512: 0.949).
+# (0.984; 128: 0.948 for perturbed items), 725 at 1M (0.964, users 0.951; 512: 0.949).
 EXHAUSTIVE_ITEMS = 16_384
 MIN_EF_SEARCH = 128
 

@@ -30,7 +30,7 @@ COALESCE_MAX_TEXTS = 8
 CALLS_IN_FLIGHT_PER_REPLICA = 2
 # A local Ray start on a busy small machine now and then never sees its raylet register with the
 # GCS within Ray's fixed 30 s ("The current node timed out during startup"; seen here about once in
-# 15 starts, the raylet had not even opened its log); a fresh start then succeeds.
+# 15 starts, the raylet had not even opened its log); the next start in a new process went through.
 LOCAL_START_ATTEMPTS = 3
 
 
