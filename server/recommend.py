@@ -23,7 +23,7 @@ from bertrec.types import Item, MetadataFilter, RecommendQuery, RerankQuery, Sco
 logger = logging.getLogger(__name__)
 
 TEXT_WEIGHT = 0.5  # share of the free-text intent when a query has both history and text
-MAX_SEARCH_ROUNDS = 4  # filters that reject most candidates widen the search this many times
+MAX_SEARCH_ROUNDS = 4  # filters or seen items that take most hits widen the search this many times
 
 
 def check_deadline(deadline: float | None) -> None:
@@ -152,7 +152,10 @@ class Recommender:
         """(candidate ids in index order, items read for filtering, the index's score of each)."""
         index = self.catalog.index
         assert index is not None
-        fetch = pool_size + len(exclude)
+        # Room for at most a pool's worth of excluded hits at first: a user with thousands of seen
+        # items would otherwise make every search thousands wide (an HNSW search costs about k
+        # steps; a GPU index takes k <= 2048). The loop widens when too few hits are left.
+        fetch = pool_size + min(len(exclude), pool_size)
         items: dict[int, Item] = {}
         for _ in range(MAX_SEARCH_ROUNDS):
             check_deadline(deadline)
