@@ -252,7 +252,8 @@ class InProcess:
         from bertrec.server.ranking import closest_history, order_by_score
 
         pool = SERVER.default_candidate_pool_size
-        _, found = self.index.search(profile.vector[None, :], pool + len(seen))
+        fetch = pool + min(len(seen), pool)  # as Recommend's first search
+        _, found = self.index.search(profile.vector[None, :], fetch)
         ids = np.array([i for i in found[0].tolist() if i >= 0 and i not in seen][:pool])
         matrix = self.vectors[ids - 1]
         top = order_by_score(matrix @ profile.vector, ids)[:K]
