@@ -23,8 +23,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (machines of one kind here have differed in CPU
+    generation, which moves absolute figures); the architecture alone elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def percentiles_ms(samples_s: list[float]) -> dict[str, float]:

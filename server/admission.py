@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import grpc
 
-from bertrec.server.observability import _KINDS
+from bertrec.server.observability import _KINDS, WrappedHandlers
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -24,11 +24,15 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.limit = limit
         self.in_flight = 0
         self.refused = 0
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
+        return self._wrapped.get(handler, handler_call_details.method, self._wrap)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         attribute, _, factory = _KINDS[(handler.request_streaming, handler.response_streaming)]
         behavior = getattr(handler, attribute)
         wrap = self._wrap_generator if inspect.isasyncgenfunction(behavior) else self._wrap_coroutine

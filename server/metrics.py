@@ -54,16 +54,28 @@ class ServerMetrics:
             buckets=RPC_BUCKETS,
             registry=self.registry,
         )
+        # Labelled children by label values: prometheus_client's labels() validates and locks on
+        # every call, a few microseconds each, several times per RPC.
+        self._children: dict[tuple, Any] = {}
         self._state: StateCollector | None = None
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
 
     def observe_rpc(self, method: str, rpc_type: str, code: str, seconds: float, stages_ms: dict[str, float]) -> None:
         service, name = split_method(method)
-        self.handled.labels(service, name, rpc_type, code).inc()
-        self.handling.labels(service, name, rpc_type).observe(seconds)
+        self._child(self.handled, service, name, rpc_type, code).inc()
+        self._child(self.handling, service, name, rpc_type).observe(seconds)
         for stage, ms in stages_ms.items():
-            self.stages.labels(name, stage).observe(ms / 1000.0)
+            self._child(self.stages, name, stage).observe(ms / 1000.0)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # Label values are bounded: method names are the server's own (unknown ones are folded
+        # into "/unknown/unknown" before this), stage names and status codes are fixed sets.
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def watch(self, state: Any, loop: asyncio.AbstractEventLoop) -> None:
         """Report `state` (a ServiceState) on every scrape, read on `loop`, the server's event loop."""

@@ -89,9 +89,35 @@ _KINDS = {
 }
 
 
+class WrappedHandlers:
+    """An interceptor's wrapped handler per (method, handler): the server hands back the same
+    handler object for a method on every call, so each is wrapped once, not per call."""
+
+    def __init__(self) -> None:
+        self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(
+        self,
+        handler: grpc.RpcMethodHandler,
+        method: str,
+        wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler],
+    ) -> grpc.RpcMethodHandler:
+        cached = self._by_method.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap(handler, method)
+        if len(self._by_method) < MAX_WRAPPED_METHODS:  # methods are the server's own: a bounded set
+            self._by_method[method] = (handler, wrapped)
+        return wrapped
+
+
+MAX_WRAPPED_METHODS = 256
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: ServerMetrics | None = None):
         self.metrics = metrics
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -102,9 +128,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             call.request_id = accept_request_id(handler_call_details.invocation_metadata)
             self._finish(call, "UNIMPLEMENTED", None, shown_method=handler_call_details.method)
             return None
+        return self._wrapped.get(handler, handler_call_details.method, self._wrap)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         attribute, rpc_type, factory = _KINDS[(handler.request_streaming, handler.response_streaming)]
         behavior = getattr(handler, attribute)
-        method = handler_call_details.method
         if inspect.isasyncgenfunction(behavior):
             wrapped = self._wrap_generator(behavior, method, rpc_type)
         else:
@@ -127,9 +155,10 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
     def _succeed(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
         assert call.times is not None
-        timing = server_timing(call.times.as_dict(), (time.perf_counter() - call.started) * 1000.0)
+        stages_ms = call.times.as_dict()
+        timing = server_timing(stages_ms, (time.perf_counter() - call.started) * 1000.0)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id), (TIMING_KEY, timing)))
-        self._finish(call, _code_name(context.code()) or "OK", context)
+        self._finish(call, _code_name(context.code()) or "OK", context, stages_ms=stages_ms)
 
     def _fail(self, call: _Call, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         self._finish(call, _failure_code(context, exc), context)
@@ -160,9 +189,17 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
         return observed
 
-    def _finish(self, call: _Call, code: str, context: grpc.aio.ServicerContext | None, shown_method: str = "") -> None:
+    def _finish(
+        self,
+        call: _Call,
+        code: str,
+        context: grpc.aio.ServicerContext | None,
+        shown_method: str = "",
+        stages_ms: dict[str, float] | None = None,
+    ) -> None:
         seconds = time.perf_counter() - call.started
-        stages_ms = call.times.as_dict() if call.times is not None else {}
+        if stages_ms is None:
+            stages_ms = call.times.as_dict() if call.times is not None else {}
         if self.metrics is not None:
             self.metrics.observe_rpc(call.method, call.rpc_type, code, seconds, stages_ms)
         method = shown_method or call.method

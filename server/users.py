@@ -115,6 +115,12 @@ class UserTower:
         return out
 
 
+def _sorted_ids(ids: Collection[int]) -> np.ndarray:
+    out = np.unique(np.fromiter(ids, np.int64, len(ids)))
+    out.flags.writeable = False  # shared by every request of the user while cached
+    return out
+
+
 class UserProfiles:
     """Profiles keyed by (user, history key): a new interaction changes the key, so the cache
     needs no invalidation messages and stays right when several front ends share a store."""
@@ -138,8 +144,8 @@ class UserProfiles:
         self.max_history = max_history
         self.half_life = half_life
         self.size = size
-        # user -> (history key, profile, every item the user interacted with)
-        self._cache: OrderedDict[str, tuple[int, UserProfile, frozenset[int]]] = OrderedDict()
+        # user -> (history key, profile, every item the user interacted with, sorted)
+        self._cache: OrderedDict[str, tuple[int, UserProfile, np.ndarray]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -174,7 +180,7 @@ class UserProfiles:
             if not seen_entries:
                 raise NotFound(f"unknown user {user_id!r}: no interactions recorded")
             entries = [HistoryEntry(e.item_id, e.timestamp, 1.0) for e in seen_entries]
-        seen = frozenset(await asyncio.to_thread(self.store.seen_items, user_id))
+        seen = _sorted_ids(await asyncio.to_thread(self.store.seen_items, user_id))
         vectors = await asyncio.to_thread(self.store.get_vectors, [e.item_id for e in entries], self.model)
         profile = await self._profile(entries, vectors)
         self._cache[user_id] = (key, profile, seen)
@@ -182,13 +188,13 @@ class UserProfiles:
             self._cache.popitem(last=False)
         return profile
 
-    async def seen(self, user_id: str) -> frozenset[int]:
-        """Every item the user interacted with: from the profile cache that `for_user` just
-        validated in this request, else from the store."""
+    async def seen(self, user_id: str) -> np.ndarray:
+        """Every item the user interacted with, sorted and distinct (read-only): from the profile
+        cache that `for_user` just validated in this request, else from the store."""
         cached = self._cache.get(user_id)
         if cached is not None:
             return cached[2]
-        return frozenset(await asyncio.to_thread(self.store.seen_items, user_id))
+        return _sorted_ids(await asyncio.to_thread(self.store.seen_items, user_id))
 
     async def for_history(self, item_ids: tuple[int, ...]) -> UserProfile:
         with stage("user"):

@@ -25,7 +25,8 @@ class Catalog:
 
 def candidates(catalog: Catalog, vector: np.ndarray, pool: int, exclude: set[int]):
     recommender = Recommender(catalog, encoder=None, profiles=None, config=ServerConfig())
-    return asyncio.run(recommender._candidates(vector, pool, exclude, (), None))
+    excluded = np.array(sorted(exclude), np.int64)  # as Recommend passes them: sorted, distinct
+    return asyncio.run(recommender._candidates(vector, pool, excluded, (), None))
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

@@ -183,3 +183,27 @@ def test_interceptor_sees_refused_calls_and_handler_failures():
     assert handled("Boom", "unary", "UNKNOWN") == 1
     assert handled("Chunks", "server_stream", "OK") == 1
     assert handled("Written", "server_stream", "OK") == 1
+
+
+def test_handlers_are_wrapped_once_per_method_and_rewrapped_when_the_handler_changes():
+    import grpc
+
+    from bertrec.server.observability import WrappedHandlers
+
+    async def behavior(request, context):
+        return request
+
+    made: list[str] = []
+
+    def wrap(handler, method):
+        made.append(method)
+        return grpc.unary_unary_rpc_method_handler(handler.unary_unary)
+
+    cache = WrappedHandlers()
+    real = grpc.unary_unary_rpc_method_handler(behavior)
+    first = cache.get(real, "/s/M", wrap)
+    assert cache.get(real, "/s/M", wrap) is first and made == ["/s/M"]
+    # Another handler for the same method (the token check's refusal is made per call): its own wrap.
+    refusal = grpc.unary_unary_rpc_method_handler(behavior)
+    assert cache.get(refusal, "/s/M", wrap) is not first and made == ["/s/M", "/s/M"]
+    assert cache.get(real, "/s/M", wrap).unary_unary is real.unary_unary

@@ -49,11 +49,26 @@ def test_search_hits_drop_padding_exclusions_and_repeats_in_index_order():
 
     ids = np.array([7, 3, 9, 3, 5, -1, -1], np.int64)
     scores = np.array([0.9, 0.8, 0.7, 0.8, 0.6, -np.inf, -np.inf], np.float32)
-    kept, kept_scores = _hits(ids, scores, {9})
+    kept, kept_scores = _hits(ids, scores, np.array([9], np.int64))
     assert kept.tolist() == [7, 3, 5]
     assert kept_scores.tolist() == pytest.approx([0.9, 0.8, 0.6])
     assert kept.dtype == np.int64 and kept_scores.dtype == np.float32
-    kept, _ = _hits(ids, scores, set())
+    kept, _ = _hits(ids, scores, np.zeros(0, np.int64))
     assert kept.tolist() == [7, 3, 9, 5]
-    kept, kept_scores = _hits(np.array([-1], np.int64), np.array([0.0], np.float32), set())
+    # Exclusions below, between and above the hits, the largest id excluded too.
+    kept, _ = _hits(ids, scores, np.array([1, 4, 7, 9, 100], np.int64))
+    assert kept.tolist() == [3, 5]
+    kept, _ = _hits(ids, scores, np.array([3, 5, 7, 9], np.int64))
+    assert kept.tolist() == []
+    kept, kept_scores = _hits(np.array([-1], np.int64), np.array([0.0], np.float32), np.array([2], np.int64))
     assert len(kept) == len(kept_scores) == 0
+
+
+def test_exclusions_union_sorted_and_distinct():
+    from bertrec.server.recommend import _sorted_union
+
+    seen = np.array([2, 5, 9], np.int64)
+    assert _sorted_union([np.zeros(0, np.int64), seen]) is seen  # the cached array, not a copy
+    assert _sorted_union([np.array([9, 1, 1], np.int64)]).tolist() == [1, 9]  # a request's own ids
+    assert _sorted_union([np.array([7, 2], np.int64), seen]).tolist() == [2, 5, 7, 9]
+    assert _sorted_union([np.zeros(0, np.int64)] * 2).tolist() == []

@@ -41,15 +41,15 @@ def test_cached_profile_costs_one_key_lookup_and_follows_new_interactions(tmp_pa
 
     async def scenario():
         first = await profiles.for_user("u")
-        assert await profiles.seen("u") == {1, 2}  # disliked items count as seen
+        assert (await profiles.seen("u")).tolist() == [1, 2]  # disliked items count as seen
         reads.clear()
         again = await profiles.for_user("u")
         assert again is first and reads == []  # a hit: only the key was read
-        assert await profiles.seen("u") == {1, 2}
+        assert (await profiles.seen("u")).tolist() == [1, 2]
         store.record_interactions([Interaction("u", 3, 30.0)])
         changed = await profiles.for_user("u")
         assert sorted(changed.history_ids.tolist()) == [1, 3]
-        assert await profiles.seen("u") == {1, 2, 3}
+        assert (await profiles.seen("u")).tolist() == [1, 2, 3]
 
     asyncio.run(scenario())
     assert (profiles.hits, profiles.misses) == (1, 2)
