@@ -1,11 +1,12 @@
 """Cheaper CPU encoders (bf16, int8) vs fp32: throughput, vector agreement and the offline effect, in one run.
 
     python bench/quantization.py [--rounds 5] [--texts 1024] [--singles 128] [--threads 1] [--cold-seeds 5]
-                                 [--variants fp32-torch,bf16,bf16-torch,int8]
+                                 [--variants fp32-torch,bf16,bf16-torch,int8,int8-torch]
 
 Every encoder is `BertEncoder` in this process (the packaged all-MiniLM-L6-v2) with its
 `quantize` setting, on the runtime a replica picks for it (model.runtime auto: fp32 on ONNX
-Runtime, bf16 on OpenVINO, int8 on torch); "-torch" variants run the same weights on eager torch,
+Runtime, bf16 and int8 on OpenVINO, int8 there being calibrated static quantization by NNCF);
+"-torch" variants run the same weights on eager torch (int8-torch: torch's dynamic quantization),
 so what the weight format buys on one runtime and what it buys over the default are both there. Throughput
 alternates between them round by round on the same MovieLens titles
 (batches of 64, as a replica's batcher forms them, and single texts); the ratio of medians is the
@@ -154,7 +155,7 @@ def main() -> int:
     parser.add_argument("--cold-seeds", type=int, default=5)
     parser.add_argument(
         "--variants",
-        default="fp32-torch,bf16,bf16-torch,int8",
+        default="fp32-torch,bf16,bf16-torch,int8,int8-torch",
         help="quantize settings compared with fp32; -torch = on eager torch instead of the default runtime",
     )
     args = parser.parse_args()

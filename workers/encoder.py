@@ -114,7 +114,7 @@ class BertEncoder:
         self._graph = None  # their session over the exported graph
         if self.runtime != "torch":
             try:
-                self._graph = _graph_session(self.runtime, path, self.tokenizer, onnx_cache_dir, quantize)
+                self._graph = _graph_session(self.runtime, path, self.tokenizer, onnx_cache_dir, quantize, max_length)
             except Exception as exc:
                 if runtime != "auto":
                     raise
@@ -199,14 +199,16 @@ class BertEncoder:
         return {"model": self.model_name, "device": self.device_label, "runtime": self.runtime, "dim": self.dim}
 
 
-# What each runtime runs: (device kind, quantize) pairs. GPU replicas (fp16) and int8 weights
-# (torch's dynamic quantization) run on torch only.
-RUNTIME_RUNS = {"onnx": {("cpu", "none")}, "openvino": {("cpu", "none"), ("cpu", "bf16")}}
-AUTO_RUNTIME = {("cpu", "none"): "onnx", ("cpu", "bf16"): "openvino"}
+# What each runtime runs: (device kind, quantize) pairs. GPU replicas (fp16) run on torch only;
+# int8 is static (calibrated) quantization on OpenVINO, torch's dynamic quantization on torch.
+RUNTIME_RUNS = {"onnx": {("cpu", "none")}, "openvino": {("cpu", "none"), ("cpu", "bf16"), ("cpu", "int8")}}
+AUTO_RUNTIME = {("cpu", "none"): "onnx", ("cpu", "bf16"): "openvino", ("cpu", "int8"): "openvino"}
+RUNTIME_PACKAGES = {"onnx": "onnxruntime onnx onnxscript", "openvino": "openvino onnx onnxscript"}
 
 
-def _graph_session(runtime: str, path: Path, tokenizer, cache_dir: str, quantize: str):
-    """An ONNX Runtime or OpenVINO session over the checkpoint's exported graph."""
+def _graph_session(runtime: str, path: Path, tokenizer, cache_dir: str, quantize: str, max_length: int):
+    """An ONNX Runtime or OpenVINO session over the checkpoint's exported graph (int8: over that
+    graph quantized once with NNCF)."""
     import torch
 
     from bertrec.workers.onnx_model import OnnxHiddenStates, OpenVinoHiddenStates, exported_model
@@ -214,26 +216,36 @@ def _graph_session(runtime: str, path: Path, tokenizer, cache_dir: str, quantize
     graph = exported_model(str(path), list(tokenizer("a").keys()), cache_dir)
     if runtime == "onnx":
         return OnnxHiddenStates(graph, torch.get_num_threads())
+    if quantize == "int8":
+        from bertrec.workers.int8_model import quantized_model
+
+        return OpenVinoHiddenStates(quantized_model(graph, tokenizer, max_length), torch.get_num_threads(), "f32")
     return OpenVinoHiddenStates(graph, torch.get_num_threads(), "bf16" if quantize == "bf16" else "f32")
 
 
-def resolve_runtime(runtime: str, device: str, quantize: str) -> str:
-    """torch, onnx or openvino. auto: fp32 CPU replicas on ONNX Runtime, bf16 CPU replicas on
-    OpenVINO, each when installed; everything else (GPU fp16, int8) on torch."""
+def _runtime_installed(runtime: str, quantize: str) -> bool:
+    from bertrec.workers.int8_model import nncf_available
     from bertrec.workers.onnx_model import onnx_available, openvino_available
 
-    installed = {"onnx": onnx_available, "openvino": openvino_available}
+    if runtime == "onnx":
+        return onnx_available()
+    return openvino_available() and (quantize != "int8" or nncf_available())
+
+
+def resolve_runtime(runtime: str, device: str, quantize: str) -> str:
+    """torch, onnx or openvino. auto: fp32 CPU replicas on ONNX Runtime, bf16 and int8 CPU replicas
+    on OpenVINO (int8 also needs NNCF), each when installed; GPU replicas (fp16) on torch."""
     kind = ("cuda" if device.startswith("cuda") else "cpu", quantize)
     if runtime == "auto":
         chosen = AUTO_RUNTIME.get(kind, "torch")
-        return chosen if chosen == "torch" or installed[chosen]() else "torch"
+        return chosen if chosen == "torch" or _runtime_installed(chosen, quantize) else "torch"
     if runtime == "torch":
         return "torch"
     if kind not in RUNTIME_RUNS[runtime]:
         logger.warning("runtime=%s does not run %s replicas; using torch", runtime, device_with(device, quantize))
         return "torch"
-    if not installed[runtime]():
-        package = "onnxruntime onnx onnxscript" if runtime == "onnx" else "openvino onnx onnxscript"
+    if not _runtime_installed(runtime, quantize):
+        package = RUNTIME_PACKAGES[runtime] + (" nncf" if quantize == "int8" else "")
         raise ValueError(f"runtime={runtime} needs {package} (pip install {package})")
     return runtime
 
@@ -254,7 +266,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _quantize_int8(model):
-    """Dynamic int8 quantization of every nn.Linear (weights int8, activations quantized per batch).
+    """Dynamic int8 quantization of every nn.Linear (weights int8, activations quantized per batch):
+    int8 on `runtime torch`, or where OpenVINO or NNCF is missing (workers/int8_model.py is the
+    calibrated int8 that agrees with fp32).
 
     The attention projections and feed-forward layers, nearly all of a BERT's arithmetic, are
     nn.Linear; embeddings and LayerNorm stay fp32. Weights get one scale per output channel:

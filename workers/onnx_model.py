@@ -1,4 +1,5 @@
-"""CPU runtimes over a checkpoint exported once to ONNX: ONNX Runtime (fp32), OpenVINO (bf16).
+"""CPU runtimes over a checkpoint exported once to ONNX: ONNX Runtime (fp32), OpenVINO (bf16, and
+int8 after workers/int8_model.py quantized the export).
 
 Same weights, same arithmetic as torch (fp32 hidden states agree to ~1e-4, vectors to cosine
 0.99999), at a lower fixed cost per forward pass: both run one pre-planned graph in C++ where
@@ -18,6 +19,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,17 +82,28 @@ def exported_model(model_path: str, input_names: list[str], cache_dir: str | Pat
     return target
 
 
-def prune_exports(folder: Path, keep: int = KEEP_EXPORTS, older_than_s: float = PRUNE_AFTER_S) -> list[Path]:
-    """Delete the least recently used exports beyond `keep` that are older than `older_than_s`."""
-    exports = sorted(folder.glob("*.onnx"), key=lambda f: f.stat().st_mtime, reverse=True)
+def prune_exports(
+    folder: Path,
+    keep: int = KEEP_EXPORTS,
+    older_than_s: float = PRUNE_AFTER_S,
+    pattern: str = "*.onnx",
+    remove: Callable[[Path], None] | None = None,
+) -> list[Path]:
+    """Delete the least recently used exports (files matching `pattern`, each with `remove`)
+    beyond `keep` that are older than `older_than_s`."""
+    exports = sorted(folder.glob(pattern), key=lambda f: f.stat().st_mtime, reverse=True)
     now = time.time()
     removed = []
     for stale in exports[keep:]:
         if now - stale.stat().st_mtime > older_than_s:
-            stale.unlink(missing_ok=True)
-            Path(f"{stale}.lock").unlink(missing_ok=True)
+            (remove or _remove_export)(stale)
             removed.append(stale)
     return removed
+
+
+def _remove_export(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    Path(f"{path}.lock").unlink(missing_ok=True)
 
 
 def _export(model_path: str, input_names: list[str], target: Path) -> None:
@@ -196,7 +209,8 @@ def openvino_available() -> bool:
 class OpenVinoHiddenStates:
     """OpenVINO over the same exported graph, for bf16 CPU replicas: its CPU plugin runs the matrix
     products in bf16 on CPUs with native bf16 (AVX512-BF16 / AMX) at a low fixed cost per call,
-    where torch's bf16 pays eager dispatch on top (BENCHMARKS.md, "Cheaper CPU replicas")."""
+    where torch's bf16 pays eager dispatch on top (BENCHMARKS.md, "Cheaper CPU replicas"). Also
+    runs the int8 model (an OpenVINO IR) with precision "f32" for what it left unquantized."""
 
     def __init__(self, onnx_path: Path, threads: int, precision: str = "bf16"):
         import openvino as ov

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bertrec.config import load_config
-from bertrec.workers import onnx_model
+from bertrec.workers import int8_model, onnx_model
 from bertrec.workers.encoder import BertEncoder, default_model_path, resolve_runtime
 
 
@@ -128,7 +128,8 @@ def test_failed_export_leaves_no_model_behind(tmp_path, monkeypatch):
 def test_runtime_resolution(monkeypatch, caplog):
     assert resolve_runtime("auto", "cpu", "none") == "onnx"
     assert resolve_runtime("auto", "cpu", "bf16") == "openvino"
-    assert resolve_runtime("auto", "cpu", "int8") == "torch"
+    assert resolve_runtime("auto", "cpu", "int8") == "openvino"  # calibrated int8 (NNCF)
+    assert resolve_runtime("torch", "cpu", "int8") == "torch"  # torch's dynamic int8
     assert resolve_runtime("torch", "cpu", "none") == "torch"
     assert resolve_runtime("openvino", "cpu", "none") == "openvino"
     assert resolve_runtime("auto", "cuda", "none") == "torch"  # GPU replicas: fp16 torch
@@ -136,6 +137,11 @@ def test_runtime_resolution(monkeypatch, caplog):
         assert resolve_runtime("onnx", "cpu", "int8") == "torch"
         assert resolve_runtime("openvino", "cuda", "none") == "torch"
     assert "runtime=onnx does not run cpu-int8 replicas" in caplog.text
+    monkeypatch.setattr(int8_model, "nncf_available", lambda: False)
+    assert resolve_runtime("auto", "cpu", "int8") == "torch"
+    assert resolve_runtime("auto", "cpu", "bf16") == "openvino"  # bf16 needs no NNCF
+    with pytest.raises(ValueError, match="needs openvino onnx onnxscript nncf"):
+        resolve_runtime("openvino", "cpu", "int8")
     monkeypatch.setattr(onnx_model, "onnx_available", lambda: False)
     monkeypatch.setattr(onnx_model, "openvino_available", lambda: False)
     assert resolve_runtime("auto", "cpu", "none") == resolve_runtime("auto", "cpu", "bf16") == "torch"
