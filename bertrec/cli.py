@@ -382,10 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="local Hugging Face checkpoint folder (default: packaged MiniLM)")
     serve.add_argument("--device", help="auto, cpu, cuda")
     serve.add_argument(
-        "--quantize", choices=QUANTIZE_MODES, help="CPU replicas: bf16 (native-bf16 CPUs) or int8; GPU: fp16"
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        help="CPU replicas: int8 (calibrated) or bf16 (native-bf16 CPUs); GPU: fp16",
     )
     serve.add_argument(
-        "--runtime", choices=RUNTIMES, help="CPU replicas: auto (fp32 on onnx, bf16 on openvino), torch, onnx, openvino"
+        "--runtime",
+        choices=RUNTIMES,
+        help="CPU replicas: auto (fp32 on onnx, bf16 and int8 on openvino), torch, onnx, openvino",
     )
     serve.add_argument("--replicas", type=int, help="encoder replicas (default: one per GPU, else per core)")
     serve.add_argument("--ray-address", help="join an existing Ray cluster (auto or host:port)")
