@@ -158,7 +158,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         stages_ms = call.times.as_dict()
         timing = server_timing(stages_ms, (time.perf_counter() - call.started) * 1000.0)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id), (TIMING_KEY, timing)))
-        self._finish(call, _code_name(context.code()) or "OK", context, stages_ms=stages_ms)
+        code, ended = _code_name(context.code()) or "OK", time.perf_counter()
+        # The caller has its answer once gRPC sends the status, which it does when this handler
+        # returns: the metrics and the access-log line wait for the event loop's next turn
+        # instead of holding the status back (about 0.1 ms a call).
+        asyncio.get_running_loop().call_soon(self._finish, call, code, context, "", stages_ms, ended)
 
     def _fail(self, call: _Call, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         self._finish(call, _failure_code(context, exc), context)
@@ -196,8 +200,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         context: grpc.aio.ServicerContext | None,
         shown_method: str = "",
         stages_ms: dict[str, float] | None = None,
+        ended: float | None = None,
     ) -> None:
-        seconds = time.perf_counter() - call.started
+        seconds = (ended or time.perf_counter()) - call.started
         if stages_ms is None:
             stages_ms = call.times.as_dict() if call.times is not None else {}
         if self.metrics is not None:
