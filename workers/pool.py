@@ -28,10 +28,13 @@ COALESCE_MAX_TEXTS = 8
 # Merged calls out per replica before small requests wait in the front end: one running, one queued
 # behind it, so a replica never idles between batches and takes each batch as one call.
 CALLS_IN_FLIGHT_PER_REPLICA = 2
-# A local Ray start on a busy small machine now and then never sees its raylet register with the
-# GCS within Ray's fixed 30 s ("The current node timed out during startup"; seen here about once in
-# 15 starts, the raylet had not even opened its log); the next start in a new process went through.
+# A local Ray start on a small machine now and then times out on one of its own processes: the
+# raylet never registers with the GCS within Ray's fixed 30 s ("The current node timed out during
+# startup"; about once in 15 starts here, the raylet had not even opened its log), or the GCS never
+# writes its port file ("Timed out waiting for file .../gcs_server_port_..."; its log folder was
+# empty). The next start went through both times.
 LOCAL_START_ATTEMPTS = 3
+START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 
 
 def ensure_ray(workers: WorkersConfig) -> None:
@@ -52,7 +55,7 @@ def ensure_ray(workers: WorkersConfig) -> None:
             ray.init(**kwargs)
             return
         except Exception as exc:
-            if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+            if not any(marker in str(exc) for marker in START_TIMEOUTS) or attempt == LOCAL_START_ATTEMPTS:
                 raise
             logger.warning("local Ray start %d of %d failed (%s); starting again", attempt, LOCAL_START_ATTEMPTS, exc)
             # ray.init failed inside its node's constructor, so ray.shutdown() does not know the

@@ -11,6 +11,7 @@ from bertrec.config import WorkersConfig
 from bertrec.workers import pool
 
 TIMED_OUT = "The current node timed out during startup. This could happen because ..."
+NO_GCS_PORT = "Timed out waiting for file /tmp/ray/session_2026-11-29_03-37-10_767933_31117/gcs_server_port_1bed85e6"
 
 
 class FakeRay:
@@ -43,8 +44,9 @@ def fake_ray(monkeypatch):
     yield install
 
 
-def test_a_timed_out_local_start_is_retried_and_its_processes_stopped(fake_ray):
-    ray = fake_ray([Exception(TIMED_OUT), None])
+@pytest.mark.parametrize("message", [TIMED_OUT, NO_GCS_PORT])
+def test_a_timed_out_local_start_is_retried_and_its_processes_stopped(fake_ray, message):
+    ray = fake_ray([RuntimeError(message), None])
     pool.ensure_ray(WorkersConfig(ray_num_cpus=2))
     assert len(ray.calls) == 2 and ray.calls[1]["num_cpus"] == 2
     assert ray.leftovers[0].wait(timeout=10) is not None  # stopped, not left running
