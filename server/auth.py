@@ -16,9 +16,19 @@ def _deny(message: str):
     return abort
 
 
+MISSING_TOKEN = "missing or invalid bearer token"
+
+
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
+        # Made once: the interceptors in front of this one wrap each handler object once.
+        self._refusals = {
+            (True, True): grpc.stream_stream_rpc_method_handler(_deny_stream(MISSING_TOKEN)),
+            (True, False): grpc.stream_unary_rpc_method_handler(_deny(MISSING_TOKEN)),
+            (False, True): grpc.unary_stream_rpc_method_handler(_deny_stream(MISSING_TOKEN)),
+            (False, False): grpc.unary_unary_rpc_method_handler(_deny(MISSING_TOKEN)),
+        }
 
     async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
@@ -29,16 +39,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         if hmac.compare_digest(given, self._expected):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
-        message = "missing or invalid bearer token"
         if handler is None:
             return None
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(_deny_stream(message))
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(_deny(message))
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(_deny_stream(message))
-        return grpc.unary_unary_rpc_method_handler(_deny(message))
+        return self._refusals[(handler.request_streaming, handler.response_streaming)]
 
 
 def _deny_stream(message: str):

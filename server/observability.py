@@ -91,10 +91,12 @@ _KINDS = {
 
 class WrappedHandlers:
     """An interceptor's wrapped handler per (method, handler): the server hands back the same
-    handler object for a method on every call, so each is wrapped once, not per call."""
+    handler object for a method on every call (and the token check one refusal per kind), so
+    each is wrapped once, not per call."""
 
     def __init__(self) -> None:
-        self._by_method: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # (method, id(handler)) -> (handler, wrapped); the handler is kept so its id stays its own.
+        self._wrapped: dict[tuple[str, int], tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def get(
         self,
@@ -102,16 +104,16 @@ class WrappedHandlers:
         method: str,
         wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler],
     ) -> grpc.RpcMethodHandler:
-        cached = self._by_method.get(method)
+        cached = self._wrapped.get((method, id(handler)))
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = wrap(handler, method)
-        if len(self._by_method) < MAX_WRAPPED_METHODS:  # methods are the server's own: a bounded set
-            self._by_method[method] = (handler, wrapped)
+        if len(self._wrapped) < MAX_WRAPPED_HANDLERS:  # the server's own methods: a bounded set
+            self._wrapped[(method, id(handler))] = (handler, wrapped)
         return wrapped
 
 
-MAX_WRAPPED_METHODS = 256
+MAX_WRAPPED_HANDLERS = 512
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):

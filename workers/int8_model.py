@@ -22,7 +22,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -77,21 +76,12 @@ def calibration_texts() -> list[str]:
 
 def calibration_batches(tokenizer, texts: list[str], max_length: int) -> list[dict[str, np.ndarray]]:
     """The texts tokenized as replicas feed the model: sorted by length, padded to each batch's longest."""
+    from bertrec.workers.encoder import padded_batch
+
     encoded = tokenizer(texts, truncation=True, max_length=max_length)
     order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
-    batches = []
-    for start in range(0, len(order), CALIBRATION_BATCH):
-        rows = order[start : start + CALIBRATION_BATCH]
-        width = max(len(encoded["input_ids"][i]) for i in rows)
-        batch = {}
-        for key, values in encoded.items():
-            fill = tokenizer.pad_token_id if key == "input_ids" else 0
-            array = np.full((len(rows), width), fill, dtype=np.int64)
-            for r, i in enumerate(rows):
-                array[r, : len(values[i])] = values[i]
-            batch[key] = array
-        batches.append(batch)
-    return batches
+    starts = range(0, len(order), CALIBRATION_BATCH)
+    return [padded_batch(tokenizer, encoded, order[s : s + CALIBRATION_BATCH]) for s in starts]
 
 
 def quantized_key(onnx_path: Path, texts: list[str], max_length: int) -> str:
@@ -110,7 +100,7 @@ def quantized_model(onnx_path: Path, tokenizer, max_length: int, texts: list[str
     texts = texts if texts is not None else calibration_texts()
     folder = onnx_path.parent
     target = folder / f"{quantized_key(onnx_path, texts, max_length)}.xml"
-    if target.exists():
+    with contextlib.suppress(FileNotFoundError):  # pruned just now: made again below
         os.utime(target)
         return target
     with open(folder / f"{target.name}.lock", "w") as lock:
@@ -136,17 +126,23 @@ def _quantize(onnx_path: Path, batches: list[dict[str, np.ndarray]], target: Pat
             preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(batches),
         )
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        staged = Path(tmp) / target.name
+    # Staged under this process's own name beside the target; the .xml, which readers look for,
+    # is renamed last. What a killed process leaves behind ends in .tmp.xml / .tmp.bin and is
+    # pruned like any stale model.
+    staged = target.with_name(f"{target.stem}.{os.getpid()}.tmp.xml")
+    try:
         ov.save_model(quantized, str(staged), compress_to_fp16=False)
         os.replace(staged.with_suffix(".bin"), target.with_suffix(".bin"))
         os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
+        staged.with_suffix(".bin").unlink(missing_ok=True)
 
 
 def remove_quantized(xml: Path) -> None:
-    """Delete one cached int8 model (both files and its lock)."""
-    xml.with_suffix(".bin").unlink(missing_ok=True)
+    """Delete one cached int8 model: the .xml first, so no reader finds it without its weights."""
     xml.unlink(missing_ok=True)
+    xml.with_suffix(".bin").unlink(missing_ok=True)
     Path(f"{xml}.lock").unlink(missing_ok=True)
 
 

@@ -37,6 +37,25 @@ LOCAL_START_ATTEMPTS = 3
 START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 
 
+def vector_format(quantize: str, runtime: str) -> str:
+    """What a replica's vectors are, for keeping stored vectors apart: "none" (fp32, or fp16 on
+    GPU: within cosine 0.9999 of each other on every runtime), "bf16", "int8" (torch's dynamic
+    quantization) or "int8-static" (calibrated, on OpenVINO)."""
+    return "int8-static" if quantize == "int8" and runtime == "openvino" else quantize
+
+
+def common_vector_format(infos: list[dict]) -> str:
+    """The replicas' one vector format (their `info()`), or FailedPrecondition when they differ:
+    e.g. a node without NNCF whose int8 replica fell back to torch's dynamic int8."""
+    formats = {vector_format(i.get("quantize", "none"), i.get("runtime", "torch")) for i in infos}
+    if len(formats) > 1:
+        raise FailedPrecondition(
+            f"encoder replicas make different vectors ({', '.join(sorted(formats))}): install the same "
+            "packages on every node or set model.runtime explicitly"
+        )
+    return formats.pop()
+
+
 def ensure_ray(workers: WorkersConfig) -> None:
     """Join the configured cluster, or start a local Ray when none is running in this process."""
     import ray
@@ -110,6 +129,7 @@ class RayEncoderPool:
         self.dim = 0
         self.model_name = ""
         self.quantize = "none"  # what the replicas' weights are after start(): "int8" only on CPU
+        self.vector_format = "none"  # vector_format() of the replicas after start()
         merged = min(workers.max_batch_size, workers.max_queue)
         self._coalescers = {
             staging: Coalescer(lambda texts, deadline, s=staging: self._encode_chunk(texts, deadline, s), merged)
@@ -173,6 +193,7 @@ class RayEncoderPool:
         self.dim = infos[0]["dim"]
         self.model_name = infos[0]["model"]
         self.quantize = infos[0].get("quantize", "none")
+        self.vector_format = common_vector_format(infos)
         for coalescer in self._coalescers.values():
             coalescer.max_in_flight = CALLS_IN_FLIGHT_PER_REPLICA * count
         logger.info("encoder pool ready: %d replicas on %s", count, [i["device"] for i in infos])
@@ -205,8 +226,9 @@ class RayEncoderPool:
     @property
     def fingerprint_suffix(self) -> str:
         """Appended to the model fingerprint of stored vectors: int8 vectors differ slightly from
-        fp32 ones, so a restart with another setting encodes afresh instead of mixing the two."""
-        return f"-{self.quantize}" if self.quantize != "none" else ""
+        fp32 ones (and static int8 from torch's dynamic int8), so a restart with another setting
+        encodes afresh instead of mixing the two."""
+        return f"-{self.vector_format}" if self.vector_format != "none" else ""
 
     def _pick(self) -> int:
         return min(range(len(self.replicas)), key=self._in_flight.__getitem__)

@@ -203,7 +203,9 @@ def test_handlers_are_wrapped_once_per_method_and_rewrapped_when_the_handler_cha
     real = grpc.unary_unary_rpc_method_handler(behavior)
     first = cache.get(real, "/s/M", wrap)
     assert cache.get(real, "/s/M", wrap) is first and made == ["/s/M"]
-    # Another handler for the same method (the token check's refusal is made per call): its own wrap.
+    # Another handler for the same method (the token check's refusal): its own wrap, kept beside.
     refusal = grpc.unary_unary_rpc_method_handler(behavior)
-    assert cache.get(refusal, "/s/M", wrap) is not first and made == ["/s/M", "/s/M"]
-    assert cache.get(real, "/s/M", wrap).unary_unary is real.unary_unary
+    refused = cache.get(refusal, "/s/M", wrap)
+    assert refused is not first and made == ["/s/M", "/s/M"]
+    assert cache.get(real, "/s/M", wrap) is first and cache.get(refusal, "/s/M", wrap) is refused
+    assert len(made) == 2

@@ -132,12 +132,27 @@ def test_replica_loads_served_and_staged_models_in_int8():
 
 def test_stored_vectors_are_kept_apart_from_fp32():
     from bertrec.config import ModelConfig, WorkersConfig
-    from bertrec.workers.pool import RayEncoderPool
+    from bertrec.workers.pool import RayEncoderPool, vector_format
 
     pool = RayEncoderPool(ModelConfig(quantize="int8"), WorkersConfig())
     assert pool.fingerprint_suffix == ""  # before start: nothing is known about the replicas
-    pool.quantize = "int8"  # what start() reads from the replicas' info
+    pool.vector_format = vector_format("int8", "openvino")  # what start() reads from the replicas' info
+    assert pool.fingerprint_suffix == "-int8-static"
+    pool.vector_format = vector_format("int8", "torch")  # torch's dynamic int8: other vectors, other key
     assert pool.fingerprint_suffix == "-int8"
+    assert vector_format("none", "onnx") == vector_format("none", "torch") == "none"
+    assert vector_format("bf16", "openvino") == "bf16"
+
+
+def test_replicas_that_make_different_vectors_are_refused():
+    from bertrec.errors import FailedPrecondition
+    from bertrec.workers.pool import common_vector_format
+
+    fp32 = [{"quantize": "none", "runtime": "onnx"}, {"quantize": "none", "runtime": "torch"}]
+    assert common_vector_format(fp32) == "none"  # same vectors whichever runtime
+    mixed = [{"quantize": "int8", "runtime": "openvino"}, {"quantize": "int8", "runtime": "torch"}]
+    with pytest.raises(FailedPrecondition, match="different vectors .int8, int8-static."):
+        common_vector_format(mixed)
 
 
 # bf16: measured with the packaged model on 2,048 MovieLens titles, mean cosine to fp32 1.0000,
