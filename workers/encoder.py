@@ -100,6 +100,7 @@ class BertEncoder:
         quantize: str = "none",
         runtime: str = "auto",
         onnx_cache_dir: str = "",
+        int8_calibration: str = "",
     ):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -131,16 +132,27 @@ class BertEncoder:
         self.runtime = resolve_runtime(runtime, device, quantize)
         self.model = None  # the torch module; None when ONNX Runtime or OpenVINO runs the model
         self._graph = None  # their session over the exported graph
+        # Which texts the int8 model was calibrated on: "" = the built-in set (or no calibration),
+        # else the digest of model.int8_calibration's texts (their vectors are stored apart).
+        self.calibration = ""
+        calibration_texts = None
+        if int8_calibration and quantize == "int8" and self.runtime == "openvino":
+            from bertrec.workers.int8_model import calibration_digest, read_calibration_file
+
+            calibration_texts = read_calibration_file(int8_calibration)
+            self.calibration = calibration_digest(calibration_texts)
         if self.runtime != "torch":
             try:
-                self._graph = _graph_session(self.runtime, path, self.tokenizer, onnx_cache_dir, quantize, max_length)
+                self._graph = _graph_session(
+                    self.runtime, path, self.tokenizer, onnx_cache_dir, quantize, max_length, calibration_texts
+                )
             except Exception as exc:
                 if runtime != "auto":
                     raise
                 # auto never makes a checkpoint that torch can run unusable (an architecture the
                 # exporter does not cover, a full disk): it costs speed, not service.
                 logger.warning("cannot run %s on %s (%s); using torch", path, self.runtime, exc)
-                self.runtime = "torch"
+                self.runtime, self.calibration = "torch", ""
         cost_model = "cuda" if device.startswith("cuda") else "cpu" if self.runtime == "torch" else "cpu-graph"
         self.call_overhead_tokens = CALL_OVERHEAD_TOKENS[cost_model]
         if self._graph is not None:
@@ -210,9 +222,17 @@ AUTO_RUNTIME = {("cpu", "none"): "onnx", ("cpu", "bf16"): "openvino", ("cpu", "i
 RUNTIME_PACKAGES = {"onnx": "onnxruntime onnx onnxscript", "openvino": "openvino onnx onnxscript"}
 
 
-def _graph_session(runtime: str, path: Path, tokenizer, cache_dir: str, quantize: str, max_length: int):
+def _graph_session(
+    runtime: str,
+    path: Path,
+    tokenizer,
+    cache_dir: str,
+    quantize: str,
+    max_length: int,
+    calibration_texts: list[str] | None = None,
+):
     """An ONNX Runtime or OpenVINO session over the checkpoint's exported graph (int8: over that
-    graph quantized once with NNCF)."""
+    graph quantized once with NNCF, on `calibration_texts` or the built-in set)."""
     import torch
 
     from bertrec.workers.onnx_model import OnnxHiddenStates, OpenVinoHiddenStates, exported_model
@@ -223,7 +243,8 @@ def _graph_session(runtime: str, path: Path, tokenizer, cache_dir: str, quantize
     if quantize == "int8":
         from bertrec.workers.int8_model import quantized_model
 
-        return OpenVinoHiddenStates(quantized_model(graph, tokenizer, max_length), torch.get_num_threads(), "f32")
+        int8 = quantized_model(graph, tokenizer, max_length, calibration_texts)
+        return OpenVinoHiddenStates(int8, torch.get_num_threads(), "f32")
     return OpenVinoHiddenStates(graph, torch.get_num_threads(), "bf16" if quantize == "bf16" else "f32")
 
 

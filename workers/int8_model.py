@@ -36,6 +36,7 @@ CALIBRATION_BATCH = 16  # texts per calibration batch, of similar lengths (as re
 # (~10 tokens) and longer texts made of title, genres and tags (up to ~100 tokens), so the ranges
 # cover short and long inputs alike. Every CALIBRATION_STRIDE-th movie, for each kind.
 CALIBRATION_STRIDE = 64
+MAX_CALIBRATION_TEXTS = 512  # from a user's file (model.int8_calibration): plenty for the ranges
 
 
 def nncf_available() -> bool:
@@ -74,6 +75,23 @@ def calibration_texts() -> list[str]:
     return texts
 
 
+def read_calibration_file(path: str) -> list[str]:
+    """The first MAX_CALIBRATION_TEXTS non-empty lines of a text file, or a ValueError."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            texts = [line.strip() for line in fh if line.strip()][:MAX_CALIBRATION_TEXTS]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"model.int8_calibration: cannot read {path!r} ({exc})") from None
+    if not texts:
+        raise ValueError(f"model.int8_calibration: {path!r} has no text (one text per line)")
+    return texts
+
+
+def calibration_digest(texts: list[str]) -> str:
+    """A short key of a calibration set: part of the cached model's name and of the vector format."""
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+
+
 def calibration_batches(tokenizer, texts: list[str], max_length: int) -> list[dict[str, np.ndarray]]:
     """The texts tokenized as replicas feed the model: sorted by length, padded to each batch's longest."""
     from bertrec.workers.encoder import padded_batch
@@ -87,8 +105,7 @@ def calibration_batches(tokenizer, texts: list[str], max_length: int) -> list[di
 def quantized_key(onnx_path: Path, texts: list[str], max_length: int) -> str:
     import nncf
 
-    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
-    return f"{onnx_path.stem}-int8-c{digest}-l{max_length}-n{nncf.__version__}-q{INT8_FORMAT}"
+    return f"{onnx_path.stem}-int8-c{calibration_digest(texts)}-l{max_length}-n{nncf.__version__}-q{INT8_FORMAT}"
 
 
 def quantized_model(onnx_path: Path, tokenizer, max_length: int, texts: list[str] | None = None) -> Path:

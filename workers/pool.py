@@ -37,17 +37,22 @@ LOCAL_START_ATTEMPTS = 3
 START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 
 
-def vector_format(quantize: str, runtime: str) -> str:
+def vector_format(quantize: str, runtime: str, calibration: str = "") -> str:
     """What a replica's vectors are, for keeping stored vectors apart: "none" (fp32, or fp16 on
     GPU: within cosine 0.9999 of each other on every runtime), "bf16", "int8" (torch's dynamic
-    quantization) or "int8-static" (calibrated, on OpenVINO)."""
-    return "int8-static" if quantize == "int8" and runtime == "openvino" else quantize
+    quantization) or "int8-static" (calibrated, on OpenVINO; "int8-static-<digest>" when
+    calibrated on the texts of model.int8_calibration)."""
+    if quantize == "int8" and runtime == "openvino":
+        return f"int8-static-{calibration}" if calibration else "int8-static"
+    return quantize
 
 
 def common_vector_format(infos: list[dict]) -> str:
     """The replicas' one vector format (their `info()`), or FailedPrecondition when they differ:
     e.g. a node without NNCF whose int8 replica fell back to torch's dynamic int8."""
-    formats = {vector_format(i.get("quantize", "none"), i.get("runtime", "torch")) for i in infos}
+    formats = {
+        vector_format(i.get("quantize", "none"), i.get("runtime", "torch"), i.get("calibration", "")) for i in infos
+    }
     if len(formats) > 1:
         raise FailedPrecondition(
             f"encoder replicas make different vectors ({', '.join(sorted(formats))}): install the same "

@@ -113,6 +113,7 @@ class EncoderReplica:
             quantize=m.quantize,
             runtime=m.runtime,
             onnx_cache_dir=m.onnx_cache_dir,
+            int8_calibration=m.int8_calibration,
         )
         batcher = Batcher(encoder.encode_items, b["max_batch_size"], b["max_wait_s"], self.workers_config.max_queue)
         return encoder, batcher
@@ -166,7 +167,8 @@ class EncoderReplica:
             "name": self.name,
             "device": self.encoder.device_label,  # e.g. "cpu-int8"
             "quantize": self.encoder.quantize,
-            "runtime": self.encoder.runtime,  # "onnx" or "torch"
+            "runtime": self.encoder.runtime,  # "onnx", "openvino" or "torch"
+            "calibration": self.encoder.calibration,  # int8 on a user's calibration texts: their digest
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "model": self.encoder.model_name,

@@ -153,6 +153,9 @@ def test_replicas_that_make_different_vectors_are_refused():
     mixed = [{"quantize": "int8", "runtime": "openvino"}, {"quantize": "int8", "runtime": "torch"}]
     with pytest.raises(FailedPrecondition, match="different vectors .int8, int8-static."):
         common_vector_format(mixed)
+    calibrated = [{"quantize": "int8", "runtime": "openvino", "calibration": c} for c in ("", "abc")]
+    with pytest.raises(FailedPrecondition, match="int8-static, int8-static-abc"):
+        common_vector_format(calibrated)  # calibrated on other texts: other vectors
 
 
 # bf16: measured with the packaged model on 2,048 MovieLens titles, mean cosine to fp32 1.0000,
