@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import hashlib
 import logging
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertrec.workers.onnx_model import prune_exports
+from bertrec.workers.onnx_model import made_once, prune_exports
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +114,12 @@ def quantized_model(onnx_path: Path, tokenizer, max_length: int, texts: list[str
     others load its files; the .xml appears last, by rename, so a crash leaves nothing half-made.
     """
     texts = texts if texts is not None else calibration_texts()
-    folder = onnx_path.parent
-    target = folder / f"{quantized_key(onnx_path, texts, max_length)}.xml"
-    with contextlib.suppress(FileNotFoundError):  # pruned just now: made again below
-        os.utime(target)
-        return target
-    with open(folder / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not target.exists():
-            _quantize(onnx_path, calibration_batches(tokenizer, texts, max_length), target)
-            prune_exports(folder, pattern="*.xml", remove=remove_quantized)
-    return target
+    target = onnx_path.parent / f"{quantized_key(onnx_path, texts, max_length)}.xml"
+    return made_once(
+        target,
+        lambda: _quantize(onnx_path, calibration_batches(tokenizer, texts, max_length), target),
+        lambda: prune_exports(onnx_path.parent, pattern="*.xml", remove=remove_quantized),
+    )
 
 
 def _quantize(onnx_path: Path, batches: list[dict[str, np.ndarray]], target: Path) -> None:

@@ -71,14 +71,21 @@ def exported_model(model_path: str, input_names: list[str], cache_dir: str | Pat
     folder = Path(cache_dir or default_cache_dir())
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{export_key(model_path)}.onnx"
-    if target.exists():
+    return made_once(target, lambda: _export(model_path, input_names, target), lambda: prune_exports(folder))
+
+
+def made_once(target: Path, make: Callable[[], None], prune: Callable[[], object]) -> Path:
+    """`target` from the cache, or made by `make` (which must create it by an atomic rename) and
+    then `prune` run. Processes starting together take a file lock beside it, so one makes the
+    file and the others use it."""
+    with contextlib.suppress(FileNotFoundError):  # absent, or pruned just now: made below
         os.utime(target)  # recently used: kept by prune_exports
         return target
-    with open(folder / f"{target.name}.lock", "w") as lock:
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.exists():
-            _export(model_path, input_names, target)
-            prune_exports(folder)
+            make()
+            prune()
     return target
 
 
