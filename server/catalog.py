@@ -7,14 +7,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from bertrec.config import IndexConfig
 from bertrec.errors import WorkerLost
 from bertrec.server.index_build import fill_index
-from bertrec.server.search_batching import SearchBatcher
+from bertrec.server.search_batching import SearchBatcher, ThenFn
 from bertrec.store import Store
 from bertrec.store.sql_reads import text_hash
 from bertrec.types import DeleteSummary, Item, UpsertSummary
@@ -122,11 +122,12 @@ class Catalog:
             await self._save_locked(version)
             return True
 
-    async def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of the serving index, off the event loop; concurrent searches share FAISS calls."""
+    async def search(self, queries: np.ndarray, k: int, then: ThenFn | None = None) -> Any:
+        """Top-k (scores, ids) of the serving index, off the event loop; concurrent searches share
+        FAISS calls. With `then`: what `then(scores, ids)` returns, run in the search's thread."""
         assert self.index is not None
         try:
-            return await self._searches.search(queries, k)
+            return await self._searches.search(queries, k, then)
         except WorkerLost:
             self.schedule_repair("a search failed")
             raise

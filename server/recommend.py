@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -119,14 +121,23 @@ class Recommender:
                 excluded.append(await self.profiles.seen(q.user.user_id))
         exclude = _sorted_union(excluded)
         pool_size = max(q.candidate_pool_size or self.config.default_candidate_pool_size, q.k)
-        candidates, items, index_scores = await self._candidates(vector, pool_size, exclude, q.filters, deadline)
-        check_deadline(deadline)
         reranker = self._active_reranker()
+        by_index = reranker is None and q.diversity == 0 and self.catalog.index.exact_scores
+        # What the ranking below will read from the store, read in the search's own thread.
+        wanted = _Wanted(top_k=q.k if by_index else 0, pool=reranker is None, items=q.include_items)
+        found = await self._candidates(vector, pool_size, exclude, q.filters, deadline, wanted)
+        candidates, items = found.ids, found.items
+        check_deadline(deadline)
         if reranker is None:
-            if q.diversity == 0 and self.catalog.index.exact_scores:
-                yield await self._top_by_index(vector, profile, candidates, items, index_scores, q), True
+            if by_index:
+                yield await self._top_by_index(vector, profile, found, q), True
                 return
-            yield await self._score(vector, profile, candidates, items, q.k, q.diversity, q.include_items), True
+            yield (
+                await self._score(
+                    vector, profile, candidates, items, q.k, q.diversity, q.include_items, vectors=found.vectors
+                ),
+                True,
+            )
             return
         if q.retrieval_first:
             yield await self._score(vector, profile, candidates, items, q.k, 0.0, q.include_items), False
@@ -149,47 +160,76 @@ class Recommender:
         exclude: np.ndarray,
         filters: tuple[MetadataFilter, ...],
         deadline: float | None,
-    ) -> tuple[list[int], dict[int, Item], np.ndarray]:
-        """(candidate ids in index order, items read for filtering, the index's score of each)."""
+        wanted: _Wanted,
+    ) -> _Candidates:
+        """The pool in index order, with what `wanted` asks read beside the search."""
         index = self.catalog.index
         assert index is not None
         # Room for at most a pool's worth of excluded hits at first: a user with thousands of seen
         # items would otherwise make every search thousands wide (an HNSW search costs about k
         # steps; a GPU index takes k <= 2048). The loop widens when too few hits are left.
         fetch = pool_size + min(len(exclude), pool_size)
-        items: dict[int, Item] = {}
-        for _ in range(MAX_SEARCH_ROUNDS):
+        rounds = 1
+        while True:
             check_deadline(deadline)
             fetch = min(fetch, len(index))
+            last = rounds == MAX_SEARCH_ROUNDS or fetch >= len(index)
+            sift = functools.partial(
+                self._sift, exclude=exclude, filters=filters, pool_size=pool_size, wanted=wanted, last=last
+            )
             with timed("search"):
-                found_scores, found = await self.catalog.search(vector[None, :], fetch)
-            ids, scores = _hits(found[0], found_scores[0], exclude)
-            if filters:
-                items = await asyncio.to_thread(self.catalog.store.get_items, ids.tolist())
-                matches = (i in items and _metadata_matches(items[i].metadata, filters) for i in ids.tolist())
-                keep = np.fromiter(matches, dtype=bool, count=len(ids))
-                ids, scores = ids[keep], scores[keep]
-            if len(ids) >= pool_size or fetch >= len(index):
-                break
+                found = await self.catalog.search(vector[None, :], fetch, sift)
+            if found.complete or last:
+                return found
             fetch *= 4
-        return ids[:pool_size].tolist(), items, scores[:pool_size]
+            rounds += 1
+
+    def _sift(
+        self,
+        found_scores: np.ndarray,
+        found: np.ndarray,
+        exclude: np.ndarray,
+        filters: tuple[MetadataFilter, ...],
+        pool_size: int,
+        wanted: _Wanted,
+        last: bool,
+    ) -> _Candidates:
+        """In the search's worker thread: drop excluded and filtered-out hits, then, once the pool
+        is full or the search will not widen again, read what the ranking needs (the store's
+        reads, each otherwise a thread hand-off of its own)."""
+        store = self.catalog.store
+        ids, scores = _hits(found[0], found_scores[0], exclude)
+        items: dict[int, Item] = {}
+        if filters:
+            items = store.get_items(ids.tolist())
+            matches = (i in items and _metadata_matches(items[i].metadata, filters) for i in ids.tolist())
+            keep = np.fromiter(matches, dtype=bool, count=len(ids))
+            ids, scores = ids[keep], scores[keep]
+        complete = len(ids) >= pool_size
+        ids, scores = ids[:pool_size], scores[:pool_size]
+        if not (complete or last):  # the search widens: nothing to read yet
+            return _Candidates(ids.tolist(), scores, items, None, None, complete)
+        if wanted.top_k:
+            top = ids[order_by_score(scores, ids)][: wanted.top_k].tolist()
+            vectors = store.get_vectors(top, self.catalog.model)
+            missing = [i for i in top if i not in items] if wanted.items else []
+            if missing:
+                items = {**items, **store.get_items(missing)}
+            return _Candidates(ids.tolist(), scores, items, top, vectors, complete)
+        vectors = store.get_vectors(ids.tolist(), self.catalog.model) if wanted.pool else None
+        return _Candidates(ids.tolist(), scores, items, None, vectors, complete)
 
     async def _top_by_index(
-        self,
-        vector: np.ndarray,
-        profile: UserProfile,
-        candidates: list[int],
-        items: dict[int, Item],
-        index_scores: np.ndarray,
-        q: RecommendQuery,
+        self, vector: np.ndarray, profile: UserProfile, found: _Candidates, q: RecommendQuery
     ) -> list[ScoredItem]:
         """The index's scores are exact already: order by them and read only the top k's vectors
         (for the "because" explanation) instead of re-scoring the whole candidate pool."""
-        ids = np.asarray(candidates, dtype=np.int64)
-        top = ids[order_by_score(index_scores, ids)][: q.k].tolist()
-        result = await self._score(vector, profile, top, items, q.k, 0.0, q.include_items)
-        if len(result) < min(q.k, len(candidates)):  # some were deleted since the search
-            return await self._score(vector, profile, candidates, items, q.k, 0.0, q.include_items)
+        assert found.top is not None
+        result = await self._score(
+            vector, profile, found.top, found.items, q.k, 0.0, q.include_items, vectors=found.vectors
+        )
+        if len(result) < min(q.k, len(found.ids)):  # some were deleted since the search
+            return await self._score(vector, profile, found.ids, found.items, q.k, 0.0, q.include_items)
         return result
 
     async def _score(
@@ -203,12 +243,16 @@ class Recommender:
         include_items: bool,
         texts_vectors: np.ndarray | None = None,
         history: list[HistoryEntry] | None = None,
+        vectors: dict[int, np.ndarray] | None = None,
     ) -> list[ScoredItem]:
-        """Exact cosine order, or the trained re-ranker's when `history` is given; then MMR."""
+        """Exact cosine order, or the trained re-ranker's when `history` is given; then MMR.
+        `vectors`: the store's vectors of `ids`, when already read."""
         if not ids:
             return []
         if texts_vectors is None:
-            stored = await asyncio.to_thread(self.catalog.store.get_vectors, ids, self.catalog.model)
+            stored = vectors
+            if stored is None:
+                stored = await asyncio.to_thread(self.catalog.store.get_vectors, ids, self.catalog.model)
             ids = [i for i in ids if i in stored]  # deleted since the search
             matrix = np.stack([stored[i] for i in ids]) if ids else np.zeros((0, len(vector)), np.float32)
         else:
@@ -268,6 +312,25 @@ class Recommender:
         return await self._score(
             vector, profile, unique, {}, len(unique), q.diversity, q.include_items, history=history
         )
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What the ranking after a search will read from the store, so the search's thread reads it."""
+
+    top_k: int = 0  # > 0: rank the pool by the index's exact scores; the top k's vectors
+    pool: bool = False  # else, the whole pool's vectors (re-scored exactly)
+    items: bool = False  # the top k's items too (include_items)
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    ids: list[int]  # the pool, in index order
+    scores: np.ndarray  # the index's score of each
+    items: dict[int, Item]  # read for filters or include_items
+    top: list[int] | None  # the top k by the index's scores (when asked)
+    vectors: dict[int, np.ndarray] | None  # the store's vectors of `top` or of the pool (when read)
+    complete: bool  # the pool is full; otherwise the search widens
 
 
 def _sorted_union(arrays: list[np.ndarray]) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Recommender._candidates: how wide it searches, on a real (exact) FAISS index; the catalogue
-around it is a narrow stand-in: without filters only its `index` and `search` are used."""
+around it is a narrow stand-in: its `index`, `search` and a dict of vectors for a store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from bertrec.config import ServerConfig
-from bertrec.server.recommend import Recommender
+from bertrec.server.recommend import Recommender, _Wanted
 from bertrec.workers.index import FaissIndex
 
 
@@ -17,16 +17,30 @@ class Catalog:
         self.index = FaissIndex(vectors.shape[1], "Flat", use_gpu="no")
         self.index.add(np.arange(1, len(vectors) + 1), vectors)
         self.widths: list[int] = []
+        self.model = "m"
+        self.store = VectorStore({i + 1: v for i, v in enumerate(vectors)})
 
-    async def search(self, queries: np.ndarray, k: int):
+    async def search(self, queries: np.ndarray, k: int, then=None):
         self.widths.append(k)
-        return self.index.search(queries, k)
+        found = self.index.search(queries, k)
+        return found if then is None else then(*found)
 
 
-def candidates(catalog: Catalog, vector: np.ndarray, pool: int, exclude: set[int]):
+class VectorStore:
+    def __init__(self, vectors: dict[int, np.ndarray]):
+        self.vectors = vectors
+        self.reads: list[list[int]] = []
+
+    def get_vectors(self, ids, model):
+        self.reads.append(list(ids))
+        return {i: self.vectors[i] for i in ids if i in self.vectors}
+
+
+def candidates(catalog: Catalog, vector: np.ndarray, pool: int, exclude: set[int], wanted=_Wanted()):
     recommender = Recommender(catalog, encoder=None, profiles=None, config=ServerConfig())
     excluded = np.array(sorted(exclude), np.int64)  # as Recommend passes them: sorted, distinct
-    return asyncio.run(recommender._candidates(vector, pool, excluded, (), None))
+    found = asyncio.run(recommender._candidates(vector, pool, excluded, (), None, wanted))
+    return found.ids, found, found.scores
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -54,3 +68,17 @@ def test_search_widens_when_excluded_items_fill_the_neighbourhood():
     ids, _, _ = candidates(catalog, centre, 200, exclude)
     assert len(ids) == 200 and min(ids) > 1000
     assert catalog.widths == [400, 1600]  # the first 400 hits were all seen: one wider search
+
+
+def test_the_vectors_ranking_needs_are_read_once_beside_the_final_search():
+    rng = np.random.default_rng(2)
+    centre = unit(rng.standard_normal(16))
+    near = unit(centre + 0.05 * rng.standard_normal((1000, 16)))  # ids 1..1000: all seen
+    catalog = Catalog(np.concatenate([near, unit(rng.standard_normal((4000, 16)))]))
+    ids, found, scores = candidates(catalog, centre, 200, set(range(1, 1001)), _Wanted(top_k=10))
+    assert catalog.widths == [400, 1600]
+    assert catalog.store.reads == [found.top]  # only the widened search's top 10, once
+    assert found.top == ids[:10]  # exact index: the top 10 by score lead the pool
+    assert set(found.vectors) == set(found.top)
+    _, pooled, _ = candidates(catalog, centre, 200, set(), _Wanted(pool=True))
+    assert catalog.store.reads[-1] == pooled.ids and pooled.top is None

@@ -72,3 +72,36 @@ def test_a_failed_call_fails_its_members_and_the_next_batch_still_runs():
 
     _, ids = asyncio.run(run())
     assert ids[0, 0] == 1
+
+
+def test_the_work_after_a_search_runs_in_its_worker_thread_and_fails_alone():
+    """`then` gets exactly its caller's rows, runs off the event loop's thread, and an error in one
+    caller's `then` is that caller's alone."""
+    release = threading.Event()
+
+    def gated_search(queries, k):
+        release.wait(5)
+        return brute_force(queries, k)
+
+    def top_id_and_thread(scores, ids):
+        return int(ids[0, 0]), threading.get_ident()
+
+    def broken(scores, ids):
+        raise ValueError("bad filter")
+
+    async def run():
+        batcher = SearchBatcher(gated_search)
+        first = asyncio.ensure_future(batcher.search(VECTORS[0], 3, then=top_id_and_thread))
+        await asyncio.sleep(0.01)  # the first batch is in flight; the next two leave together
+        second = asyncio.ensure_future(batcher.search(VECTORS[7], 3, then=top_id_and_thread))
+        third = asyncio.ensure_future(batcher.search(VECTORS[9], 3, then=broken))
+        await asyncio.sleep(0.01)
+        release.set()
+        with pytest.raises(ValueError, match="bad filter"):
+            await third
+        return await first, await second, batcher.calls, threading.get_ident()
+
+    first, second, calls, loop_thread = asyncio.run(run())
+    assert (first[0], second[0]) == (0, 7)
+    assert first[1] != loop_thread and second[1] != loop_thread
+    assert calls == 2
