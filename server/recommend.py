@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -113,19 +113,16 @@ class Recommender:
         """(top-k, is_final): with a trained re-ranker and `retrieval_first`, the retrieval-stage
         top-k comes first, ready to send before the re-ranker runs."""
         check_deadline(deadline)
-        vector, profile = await self._query_profile(q.user, deadline)
-        excluded = [np.asarray(q.exclude_item_ids, np.int64)]
-        if q.exclude_seen:
-            excluded.append(np.asarray(q.user.history_item_ids, np.int64))
-            if q.user.user_id:
-                excluded.append(await self.profiles.seen(q.user.user_id))
-        exclude = _sorted_union(excluded)
-        pool_size = max(q.candidate_pool_size or self.config.default_candidate_pool_size, q.k)
         reranker = self._active_reranker()
         by_index = reranker is None and q.diversity == 0 and self.catalog.index.exact_scores
         # What the ranking below will read from the store, read in the search's own thread.
         wanted = _Wanted(top_k=q.k if by_index else 0, pool=reranker is None, items=q.include_items)
-        found = await self._candidates(vector, pool_size, exclude, q.filters, deadline, wanted)
+        retrieved = await self._retrieve_for_cached_user(q, wanted, deadline)
+        if retrieved is None:
+            vector, profile = await self._query_profile(q.user, deadline)
+            seen = await self.profiles.seen(q.user.user_id) if q.exclude_seen and q.user.user_id else None
+            retrieved = await self._retrieve(q, vector, profile, seen, wanted, deadline)
+        vector, profile, exclude, found = retrieved
         candidates, items = found.ids, found.items
         check_deadline(deadline)
         if reranker is None:
@@ -153,6 +150,49 @@ class Recommender:
         )
         yield reranked, True
 
+    async def _retrieve_for_cached_user(
+        self, q: RecommendQuery, wanted: _Wanted, deadline: float | None
+    ) -> _Retrieved | None:
+        """A known user asked for by id alone, with a cached profile: search with that profile at
+        once and let the search's thread confirm that the user's history is unchanged, instead of
+        a thread hand-off of its own for that check first. None without a cached profile or when
+        the history changed since it was made (the caller then builds the profile anew)."""
+        user = q.user
+        if not user.user_id or user.history_item_ids or user.text:
+            return None
+        cached = self.profiles.unconfirmed(user.user_id)
+        if cached is None or cached.profile.vector is None:
+            return None
+        expect = (user.user_id, cached.key)
+        vector = np.asarray(cached.profile.vector, np.float32)
+        seen = cached.seen if q.exclude_seen else None
+        retrieved = await self._retrieve(q, vector, cached.profile, seen, wanted, deadline, expect)
+        if retrieved.found.stale:
+            return None
+        self.profiles.confirmed(user.user_id)
+        return retrieved
+
+    async def _retrieve(
+        self,
+        q: RecommendQuery,
+        vector: np.ndarray,
+        profile: UserProfile,
+        seen: np.ndarray | None,
+        wanted: _Wanted,
+        deadline: float | None,
+        expect: tuple[str, int] | None = None,
+    ) -> _Retrieved:
+        """The candidate pool for `vector`, without the items the query excludes (and `seen`)."""
+        excluded = [np.asarray(q.exclude_item_ids, np.int64)]
+        if q.exclude_seen:
+            excluded.append(np.asarray(q.user.history_item_ids, np.int64))
+            if seen is not None:
+                excluded.append(seen)
+        exclude = _sorted_union(excluded)
+        pool_size = max(q.candidate_pool_size or self.config.default_candidate_pool_size, q.k)
+        found = await self._candidates(vector, pool_size, exclude, q.filters, deadline, wanted, expect)
+        return _Retrieved(vector, profile, exclude, found)
+
     async def _candidates(
         self,
         vector: np.ndarray,
@@ -161,8 +201,10 @@ class Recommender:
         filters: tuple[MetadataFilter, ...],
         deadline: float | None,
         wanted: _Wanted,
+        expect: tuple[str, int] | None = None,
     ) -> _Candidates:
-        """The pool in index order, with what `wanted` asks read beside the search."""
+        """The pool in index order, with what `wanted` asks read beside the search; `stale` when
+        `expect` (user id, history key) no longer holds."""
         index = self.catalog.index
         assert index is not None
         # Room for at most a pool's worth of excluded hits at first: a user with thousands of seen
@@ -175,11 +217,12 @@ class Recommender:
             fetch = min(fetch, len(index))
             last = rounds == MAX_SEARCH_ROUNDS or fetch >= len(index)
             sift = functools.partial(
-                self._sift, exclude=exclude, filters=filters, pool_size=pool_size, wanted=wanted, last=last
-            )
+                self._sift, exclude=exclude, filters=filters, pool_size=pool_size, wanted=wanted, last=last,
+                expect=expect,
+            )  # fmt: skip
             with timed("search"):
                 found = await self.catalog.search(vector[None, :], fetch, sift)
-            if found.complete or last:
+            if found.complete or found.stale or last:
                 return found
             fetch *= 4
             rounds += 1
@@ -193,11 +236,14 @@ class Recommender:
         pool_size: int,
         wanted: _Wanted,
         last: bool,
+        expect: tuple[str, int] | None,
     ) -> _Candidates:
         """In the search's worker thread: drop excluded and filtered-out hits, then, once the pool
         is full or the search will not widen again, read what the ranking needs (the store's
         reads, each otherwise a thread hand-off of its own)."""
         store = self.catalog.store
+        if expect is not None and store.history_key(expect[0]) != expect[1]:
+            return _Candidates([], found_scores[0][:0], {}, None, None, complete=False, stale=True)
         ids, scores = _hits(found[0], found_scores[0], exclude)
         items: dict[int, Item] = {}
         if filters:
@@ -331,6 +377,14 @@ class _Candidates:
     top: list[int] | None  # the top k by the index's scores (when asked)
     vectors: dict[int, np.ndarray] | None  # the store's vectors of `top` or of the pool (when read)
     complete: bool  # the pool is full; otherwise the search widens
+    stale: bool = False  # the user's history changed since the profile searched with was made
+
+
+class _Retrieved(NamedTuple):
+    vector: np.ndarray  # the query vector
+    profile: UserProfile  # the liked history behind it
+    exclude: np.ndarray  # ids kept out of the pool, sorted
+    found: _Candidates
 
 
 def _sorted_union(arrays: list[np.ndarray]) -> np.ndarray:

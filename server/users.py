@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -115,6 +116,12 @@ class UserTower:
         return out
 
 
+class CachedProfile(NamedTuple):
+    key: int  # the user's history key when the profile was made
+    profile: UserProfile
+    seen: np.ndarray  # every item the user interacted with, sorted, read-only
+
+
 def _sorted_ids(ids: Collection[int]) -> np.ndarray:
     out = np.unique(np.fromiter(ids, np.int64, len(ids)))
     out.flags.writeable = False  # shared by every request of the user while cached
@@ -144,8 +151,7 @@ class UserProfiles:
         self.max_history = max_history
         self.half_life = half_life
         self.size = size
-        # user -> (history key, profile, every item the user interacted with, sorted)
-        self._cache: OrderedDict[str, tuple[int, UserProfile, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[str, CachedProfile] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -167,10 +173,9 @@ class UserProfiles:
         # every interaction of the user, whichever front end recorded it.
         key = await asyncio.to_thread(self.store.history_key, user_id)
         cached = self._cache.get(user_id)
-        if cached is not None and cached[0] == key:
-            self.hits += 1
-            self._cache.move_to_end(user_id)
-            return cached[1]
+        if cached is not None and cached.key == key:
+            self.confirmed(user_id)
+            return cached.profile
         self.misses += 1
         # The most recent liked items form the taste; a user who has liked nothing yet is
         # represented by what they have seen, which beats refusing a known user.
@@ -183,17 +188,27 @@ class UserProfiles:
         seen = _sorted_ids(await asyncio.to_thread(self.store.seen_items, user_id))
         vectors = await asyncio.to_thread(self.store.get_vectors, [e.item_id for e in entries], self.model)
         profile = await self._profile(entries, vectors)
-        self._cache[user_id] = (key, profile, seen)
+        self._cache[user_id] = CachedProfile(key, profile, seen)
         if len(self._cache) > self.size:
             self._cache.popitem(last=False)
         return profile
+
+    def unconfirmed(self, user_id: str) -> CachedProfile | None:
+        """The user's cached profile without asking the store whether it still holds: for a caller
+        that compares `key` with the store's `history_key` itself (and calls `confirmed` if equal)."""
+        return self._cache.get(user_id)
+
+    def confirmed(self, user_id: str) -> None:
+        """The cached profile was found current: count the hit, keep it longest."""
+        self.hits += 1
+        self._cache.move_to_end(user_id)
 
     async def seen(self, user_id: str) -> np.ndarray:
         """Every item the user interacted with, sorted and distinct (read-only): from the profile
         cache that `for_user` just validated in this request, else from the store."""
         cached = self._cache.get(user_id)
         if cached is not None:
-            return cached[2]
+            return cached.seen
         return _sorted_ids(await asyncio.to_thread(self.store.seen_items, user_id))
 
     async def for_history(self, item_ids: tuple[int, ...]) -> UserProfile:

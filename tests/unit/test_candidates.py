@@ -30,16 +30,20 @@ class VectorStore:
     def __init__(self, vectors: dict[int, np.ndarray]):
         self.vectors = vectors
         self.reads: list[list[int]] = []
+        self.keys = {"ann": 7}
+
+    def history_key(self, user_id):
+        return self.keys.get(user_id, 0)
 
     def get_vectors(self, ids, model):
         self.reads.append(list(ids))
         return {i: self.vectors[i] for i in ids if i in self.vectors}
 
 
-def candidates(catalog: Catalog, vector: np.ndarray, pool: int, exclude: set[int], wanted=_Wanted()):
+def candidates(catalog: Catalog, vector: np.ndarray, pool: int, exclude: set[int], wanted=None, expect=None):
     recommender = Recommender(catalog, encoder=None, profiles=None, config=ServerConfig())
     excluded = np.array(sorted(exclude), np.int64)  # as Recommend passes them: sorted, distinct
-    found = asyncio.run(recommender._candidates(vector, pool, excluded, (), None, wanted))
+    found = asyncio.run(recommender._candidates(vector, pool, excluded, (), None, wanted or _Wanted(), expect))
     return found.ids, found, found.scores
 
 
@@ -82,3 +86,14 @@ def test_the_vectors_ranking_needs_are_read_once_beside_the_final_search():
     assert set(found.vectors) == set(found.top)
     _, pooled, _ = candidates(catalog, centre, 200, set(), _Wanted(pool=True))
     assert catalog.store.reads[-1] == pooled.ids and pooled.top is None
+
+
+def test_a_search_made_with_a_stale_profile_is_flagged_and_reads_nothing():
+    rng = np.random.default_rng(3)
+    catalog = Catalog(unit(rng.standard_normal((1000, 16))))
+    query = unit(rng.standard_normal(16))
+    _, current, _ = candidates(catalog, query, 50, set(), _Wanted(top_k=10), expect=("ann", 7))
+    assert not current.stale and len(current.top) == 10 and catalog.store.reads == [current.top]
+    _, stale, _ = candidates(catalog, query, 50, set(), _Wanted(top_k=10), expect=("ann", 6))
+    assert stale.stale and stale.ids == [] and stale.vectors is None
+    assert len(catalog.store.reads) == 1 and catalog.widths == [50, 50]  # no second read, no widening
