@@ -19,9 +19,11 @@ levels interleaved within each round, over one gRPC channel; a level's figures p
 (each round's p99 is kept too: on a shared machine they spread by +-20%). Per call: the
 end-to-end latency at the client and the server's `server-timing` trailer (per-stage ms, see
 bertrec/stages.py), read through the generated stub because the SDK does not expose trailers.
-Stage shares are mean stage ms over mean end-to-end ms. Recommend marks `user` (history read +
-cached user vector), `rank` (seen items read, FAISS search, exact re-scoring with vectors read from
-SQLite, explanations) and `stream`; "handler, no stage" is the handler's time in no stage (decode,
+Stage shares are mean stage ms over mean end-to-end ms. Recommend marks `user` (building a user
+vector: absent for a warm user, whose cached profile is confirmed inside the search), `search`
+(the FAISS search and, in its worker thread, the history-key check, dropping seen items and
+reading the top k's vectors from SQLite), `rank` (the rest: ranking, explanations; `search` is
+counted apart from it) and `stream`; "handler, no stage" is the handler's time in no stage (decode,
 validation, the interceptor); "outside handler" is end-to-end minus the handler's total (gRPC
 transport, protobuf, the client's event loop). gRPC + pool overhead = end-to-end minus the stages
 = those two together (no encoder-pool call is on this path for known users).

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_WEIGHT = 0.5  # share of the free-text intent when a query has both history and text
 MAX_SEARCH_ROUNDS = 4  # filters or seen items that take most hits widen the search this many times
+SHORT_READ_ROWS = 100  # at most this many vectors read right after a search, in its thread
 
 
 def check_deadline(deadline: float | None) -> None:
@@ -116,7 +117,7 @@ class Recommender:
         reranker = self._active_reranker()
         by_index = reranker is None and q.diversity == 0 and self.catalog.index.exact_scores
         # What the ranking below will read from the store, read in the search's own thread.
-        wanted = _Wanted(top_k=q.k if by_index else 0, pool=reranker is None, items=q.include_items)
+        wanted = _Wanted(top_k=q.k if by_index else 0, pool=reranker is None and not by_index, items=q.include_items)
         retrieved = await self._retrieve_for_cached_user(q, wanted, deadline)
         if retrieved is None:
             vector, profile = await self._query_profile(q.user, deadline)
@@ -167,9 +168,8 @@ class Recommender:
         vector = np.asarray(cached.profile.vector, np.float32)
         seen = cached.seen if q.exclude_seen else None
         retrieved = await self._retrieve(q, vector, cached.profile, seen, wanted, deadline, expect)
-        if retrieved.found.stale:
+        if retrieved.found.stale or not self.profiles.confirmed(user.user_id, cached):
             return None
-        self.profiles.confirmed(user.user_id)
         return retrieved
 
     async def _retrieve(
@@ -221,7 +221,10 @@ class Recommender:
                 expect=expect,
             )  # fmt: skip
             with timed("search"):
-                found = await self.catalog.search(vector[None, :], fetch, sift)
+                if wanted.short and not filters:
+                    found = await self.catalog.search(vector[None, :], fetch, sift)
+                else:  # longer reads (the pool's vectors, filtered items): a thread of their own
+                    found = await asyncio.to_thread(sift, *await self.catalog.search(vector[None, :], fetch))
             if found.complete or found.stale or last:
                 return found
             fetch *= 4
@@ -365,8 +368,13 @@ class _Wanted:
     """What the ranking after a search will read from the store, so the search's thread reads it."""
 
     top_k: int = 0  # > 0: rank the pool by the index's exact scores; the top k's vectors
-    pool: bool = False  # else, the whole pool's vectors (re-scored exactly)
+    pool: bool = False  # the whole pool's vectors (re-scored exactly); not with top_k
     items: bool = False  # the top k's items too (include_items)
+
+    @property
+    def short(self) -> bool:
+        """Few enough rows to read in the search's shared thread (see SearchBatcher)."""
+        return not self.pool and self.top_k <= SHORT_READ_ROWS
 
 
 @dataclass(frozen=True)

@@ -173,8 +173,7 @@ class UserProfiles:
         # every interaction of the user, whichever front end recorded it.
         key = await asyncio.to_thread(self.store.history_key, user_id)
         cached = self._cache.get(user_id)
-        if cached is not None and cached.key == key:
-            self.confirmed(user_id)
+        if cached is not None and cached.key == key and self.confirmed(user_id, cached):
             return cached.profile
         self.misses += 1
         # The most recent liked items form the taste; a user who has liked nothing yet is
@@ -195,13 +194,18 @@ class UserProfiles:
 
     def unconfirmed(self, user_id: str) -> CachedProfile | None:
         """The user's cached profile without asking the store whether it still holds: for a caller
-        that compares `key` with the store's `history_key` itself (and calls `confirmed` if equal)."""
+        that compares `key` with the store's `history_key` itself, then calls `confirmed`."""
         return self._cache.get(user_id)
 
-    def confirmed(self, user_id: str) -> None:
-        """The cached profile was found current: count the hit, keep it longest."""
+    def confirmed(self, user_id: str, cached: CachedProfile) -> bool:
+        """`cached` was found current: count the hit and keep it longest. False when it is no
+        longer the user's cached profile (a model swap cleared the cache, or it was evicted,
+        while the caller checked it): the caller must not use it."""
+        if self._cache.get(user_id) is not cached:
+            return False
         self.hits += 1
         self._cache.move_to_end(user_id)
+        return True
 
     async def seen(self, user_id: str) -> np.ndarray:
         """Every item the user interacted with, sorted and distinct (read-only): from the profile

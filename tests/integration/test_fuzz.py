@@ -118,7 +118,8 @@ ODD_TEXTS = ["", " ", "\t\n", "\x00", "a\x00b", "\u200b", "\u202eevil", "\U0001f
 texts = st.one_of(
     st.text(max_size=40),
     st.sampled_from(ODD_TEXTS),
-    st.builds(_repeat, st.characters(), st.sampled_from([1999, 2000, 2001, 10_000, 100_000])),
+    # utf-8 only: a lone surrogate cannot go into a protobuf string at all (the caller fails first)
+    st.builds(_repeat, st.characters(codec="utf-8"), st.sampled_from([1999, 2000, 2001, 10_000, 100_000])),
 )
 int64s = st.one_of(
     st.integers(-(2**63), 2**63 - 1),

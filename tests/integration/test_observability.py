@@ -113,7 +113,7 @@ def test_rpc_counters_and_histograms_move_with_their_labels(service, channel):
         assert delta(f"{seconds}_count", **rpc("Recommender", "Recommend", "server_stream")) == 2
         assert delta(f"{seconds}_sum", **rpc("Recommender", "Recommend", "server_stream")) > 0
         assert delta(f"{seconds}_bucket", **rpc("Recommender", "Recommend", "server_stream", le="+Inf")) == 2
-        for stage in ("user", "rank", "stream"):
+        for stage in ("search", "rank", "stream"):  # "user" only where a profile is built
             assert delta("bertrec_stage_seconds_count", grpc_method="Recommend", stage=stage) == 2, stage
         assert delta("bertrec_stage_seconds_count", grpc_method="UpsertItems", stage="encode") == 1
         return after
@@ -210,7 +210,7 @@ def test_sdk_sends_request_ids_and_the_server_logs_one_json_line_per_rpc(service
             line = lines[rid]
             assert (line["method"], line["code"]) == (method, code)
             assert line["duration_ms"] > 0 and line["peer"]
-        assert {"user", "rank", "stream"} <= set(lines["sdk-sync-2"]["stages_ms"])
+        assert {"search", "rank", "stream"} <= set(lines["sdk-sync-2"]["stages_ms"])
         assert "encode" in lines["sdk-sync-1"]["stages_ms"]
         generated = [line for line in lines.values() if line["method"] == "/bertrec.v1.Admin/Info"]
         assert generated and all(re.fullmatch(r"[0-9a-f]{32}", line["request_id"]) for line in generated)

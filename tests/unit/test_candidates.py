@@ -17,11 +17,13 @@ class Catalog:
         self.index = FaissIndex(vectors.shape[1], "Flat", use_gpu="no")
         self.index.add(np.arange(1, len(vectors) + 1), vectors)
         self.widths: list[int] = []
+        self.beside_search: list[bool] = []  # whether the work after each search came with it
         self.model = "m"
         self.store = VectorStore({i + 1: v for i, v in enumerate(vectors)})
 
     async def search(self, queries: np.ndarray, k: int, then=None):
         self.widths.append(k)
+        self.beside_search.append(then is not None)
         found = self.index.search(queries, k)
         return found if then is None else then(*found)
 
@@ -82,10 +84,12 @@ def test_the_vectors_ranking_needs_are_read_once_beside_the_final_search():
     ids, found, scores = candidates(catalog, centre, 200, set(range(1, 1001)), _Wanted(top_k=10))
     assert catalog.widths == [400, 1600]
     assert catalog.store.reads == [found.top]  # only the widened search's top 10, once
+    assert catalog.beside_search == [True, True]  # short work: done in the search's own thread
     assert found.top == ids[:10]  # exact index: the top 10 by score lead the pool
     assert set(found.vectors) == set(found.top)
     _, pooled, _ = candidates(catalog, centre, 200, set(), _Wanted(pool=True))
     assert catalog.store.reads[-1] == pooled.ids and pooled.top is None
+    assert catalog.beside_search[-1] is False  # the whole pool: a thread of its own
 
 
 def test_a_search_made_with_a_stale_profile_is_flagged_and_reads_nothing():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 
@@ -105,3 +106,36 @@ def test_the_work_after_a_search_runs_in_its_worker_thread_and_fails_alone():
     assert (first[0], second[0]) == (0, 7)
     assert first[1] != loop_thread and second[1] != loop_thread
     assert calls == 2
+
+
+def test_each_follow_up_runs_in_its_callers_context_and_a_caller_that_gave_up_gets_none():
+    gate = threading.Event()
+    ran: list[str] = []
+    request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="")
+
+    def gated_search(queries, k):
+        gate.wait(5)
+        return brute_force(queries, k)
+
+    def then(scores, ids):
+        ran.append(request.get())
+        return request.get(), int(ids[0, 0])
+
+    async def ask(name, row):
+        request.set(name)  # each caller's own context reaches its `then`, in the worker thread
+        return await batcher.search(VECTORS[row], 3, then=then)
+
+    async def run():
+        first = asyncio.ensure_future(ask("first", 0))
+        await asyncio.sleep(0.01)  # in flight at the gate: it gives up while FAISS runs
+        second = asyncio.ensure_future(ask("second", 2))
+        third = asyncio.ensure_future(ask("third", 3))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        gate.set()
+        return await second, await third, first.cancelled()
+
+    batcher = SearchBatcher(gated_search)
+    second, third, first_cancelled = asyncio.run(run())
+    assert (second, third) == (("second", 2), ("third", 3))
+    assert first_cancelled and ran == ["second", "third"] and batcher.calls == 2

@@ -50,9 +50,16 @@ def test_cached_profile_costs_one_key_lookup_and_follows_new_interactions(tmp_pa
         changed = await profiles.for_user("u")
         assert sorted(changed.history_ids.tolist()) == [1, 3]
         assert (await profiles.seen("u")).tolist() == [1, 2, 3]
+        # A caller that checks the key itself (Recommend's search thread) confirms afterwards;
+        # a cache cleared meanwhile (a model swap) makes the profile it holds unusable.
+        held = profiles.unconfirmed("u")
+        assert held.key == store.history_key("u") and held.profile is changed
+        assert profiles.confirmed("u", held)
+        profiles.clear()
+        assert not profiles.confirmed("u", held) and profiles.unconfirmed("u") is None
 
     asyncio.run(scenario())
-    assert (profiles.hits, profiles.misses) == (1, 2)
+    assert (profiles.hits, profiles.misses) == (2, 2)
 
 
 def _tower_store(tmp_path, n=4):
