@@ -34,6 +34,12 @@ the same vectors, batch 1, the same user vectors (`pool_history`), fetch pool + 
 exact re-scoring of the 200-item pool, top 10, explanations; one round before each round of the
 service's levels, pooled.
 
+gRPC floor of the same run (bench/grpc_floor.py): a server that only answers, with the response
+messages and trailers captured from one real call, driven like the service right after it at each
+level and round (first `--replicas` value). Its end-to-end time is what Python gRPC alone costs a
+call here (client and server), the part of the overhead no front-end code can remove; at
+concurrency 1 the service's overhead minus the floor is bertrec's own front-end cost outside stages.
+
 Scaling: p50/p99 at concurrency 8 and memory (RSS of the server process and of its descendants:
 Ray's GCS, raylet and replica workers, read from /proc) versus size, and versus each `--replicas`
 value at `--replica-size` (default: the middle size).
@@ -60,6 +66,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import grpc_floor  # noqa: E402
 from bench.common import RESULTS, ServedBertrec, percentiles_ms, write_results  # noqa: E402
 from bench.index import Catalogue, real_vectors, user_histories  # noqa: E402
 from bertrec.config import ServerConfig  # noqa: E402
@@ -176,6 +183,22 @@ def summarise(concurrency: int, rounds: list[dict]) -> dict:
     }
 
 
+def floor_summary(rounds: list[dict], service: dict) -> dict:
+    """The gRPC floor (bench/grpc_floor.py) at one concurrency, next to the service's figures at
+    that level: its mean end-to-end as a share of the service's, and the service's overhead
+    beyond it (meaningful at concurrency 1; under load the service's waits scale every part)."""
+    e2e_s = [s for r in rounds for s in r["e2e_s"]]
+    e2e_ms = 1000 * statistics.fmean(e2e_s)
+    return {
+        "requests": len(e2e_s),
+        "rps": len(e2e_s) / sum(r["elapsed_s"] for r in rounds),
+        "e2e_mean_ms": e2e_ms,
+        **percentiles_ms(e2e_s),
+        "share_of_service_e2e": e2e_ms / service["e2e_mean_ms"],
+        "service_overhead_beyond_floor_ms": service["overhead_ms"] - e2e_ms,
+    }
+
+
 def stage_shares(e2e_s: list[float], timings: list[dict[str, float]]) -> dict:
     e2e_ms = 1000 * statistics.fmean(e2e_s)
     rank = {name: i for i, name in enumerate(STAGE_ORDER)}
@@ -289,7 +312,7 @@ def run_size(n: int, args, catalogue: Catalogue, movie_ids: np.ndarray, titles: 
     query = {u: convert.recommend_query_to_pb(RecommendQuery(UserQuery(user_id=u), k=K)) for u in users}
     warm = list(query.values())
     requests = [warm[i % len(warm)] for i in range(args.requests)]
-    runs, memory = [], []
+    runs, memory, floor_rounds = [], [], {c: [] for c in args.concurrency}
     with tempfile.TemporaryDirectory(prefix="bertrec-bench-recommend-") as tmp:
         data = Path(tmp) / "data"
         began = time.perf_counter()
@@ -299,25 +322,38 @@ def run_size(n: int, args, catalogue: Catalogue, movie_ids: np.ndarray, titles: 
             # The first start builds the index from the stored vectors; later ones load its snapshot.
             extra = ("--no-demo", "--replicas", str(replicas), "--index", args.index)
             server = ServedBertrec(data, *extra, log=args.log, env={"BERTREC_INDEX_USE_GPU": args.use_gpu})
+            floor = None
             try:
                 asyncio.run(drive(server.target, warm, 8, f"warm-{n}"))  # every user once: warm user cache
-                levels = args.concurrency if replicas == args.replicas[0] else [TARGET_CONCURRENCY]
+                first = replicas == args.replicas[0]
+                if first:
+                    sample = asyncio.run(grpc_floor.capture(server.target, warm[0]))
+                    floor = grpc_floor.ServedFloor(grpc_floor.write_sample(Path(tmp) / "floor.json", sample))
+                    asyncio.run(drive(floor.target, requests[:200], 8, f"floor-warm-{n}"))
+                levels = args.concurrency if first else [TARGET_CONCURRENCY]
                 rounds: dict[int, list[dict]] = {c: [] for c in levels}
                 for r in range(args.rounds):  # levels interleaved, so a slow spell hits every level
-                    if replicas == args.replicas[0]:
+                    if first:
                         in_process.round(args.requests)
                     for c in levels:
                         tag = f"n{n}-r{replicas}-c{c}-{r}"
                         rounds[c].append(asyncio.run(drive(server.target, requests, c, tag)))
+                        if floor is not None:
+                            floor_rounds[c].append(asyncio.run(drive(floor.target, requests, c, f"floor-{tag}")))
                 runs += [{"replicas": replicas, **summarise(c, rounds[c])} for c in levels]
                 memory.append({"replicas": replicas, "start_s": server.started_s, **tree_memory_mib(server.proc.pid)})
             finally:
                 server.stop()
+                if floor is not None:
+                    floor.stop()
     baseline = in_process.summary()
     lowest = min((r for r in runs if r["replicas"] == args.replicas[0]), key=lambda r: r["concurrency"])
     baseline["service_p50_over_in_process"] = lowest["p50_ms"] / baseline["p50_ms"]
     baseline["service_rps_over_in_process"] = lowest["rps"] / baseline["rps"]
     baseline["service_concurrency"] = lowest["concurrency"]
+    for run in runs:
+        if run["replicas"] == args.replicas[0]:
+            run["grpc_floor"] = floor_summary(floor_rounds[run["concurrency"]], run)
     return {
         "items": n,
         "users": len(users),
@@ -349,6 +385,12 @@ def target(result: dict) -> dict | None:
         "p99_met": run["p99_ms"] <= TARGET_P99_MS,
         "overhead_share": run["overhead_share"],
         "overhead_met": run["overhead_share"] <= TARGET_OVERHEAD,
+        "grpc_floor_share": {
+            r["concurrency"]: r["grpc_floor"]["share_of_service_e2e"] for r in size["runs"] if "grpc_floor" in r
+        },
+        "overhead_share_by_concurrency": {
+            r["concurrency"]: r["overhead_share"] for r in size["runs"] if r["replicas"] == run["replicas"]
+        },
     }
 
 
@@ -367,6 +409,16 @@ def print_tables(result: dict) -> None:
         for r in (r for r in s["runs"] if r["replicas"] == result["settings"]["replicas"][0]):
             cells = " ".join(f"{r['parts_ms'].get(p, 0):8.2f} ({r['shares'].get(p, 0):5.1%})".rjust(17) for p in parts)
             print(f"{s['items']:>9} {r['concurrency']:>4} {r['e2e_mean_ms']:6.2f} {cells} {r['overhead_share']:9.1%}")
+    print("\ngRPC floor (bench/grpc_floor.py: a no-op Recommend server; same client, requests, response bytes)")
+    print("    items conc  floor e2e ms  floor p99 ms  share of service e2e  service overhead ms  beyond floor ms")
+    for s in result["sizes"]:
+        for r in (r for r in s["runs"] if "grpc_floor" in r):
+            f = r["grpc_floor"]
+            beyond = f["service_overhead_beyond_floor_ms"]
+            print(
+                f"{s['items']:>9} {r['concurrency']:>4} {f['e2e_mean_ms']:13.2f} {f['p99_ms']:13.2f} "
+                f"{f['share_of_service_e2e']:20.1%} {r['overhead_ms']:20.2f} {beyond:16.2f}"
+            )
     print(f"\nin-process baseline (FaissIndex '{result['settings']['index']}', batch 1, same work without gRPC/SQLite)")
     print("    items  p50 ms  p99 ms    req/s  service p50 / in-proc  service rps / in-proc")
     for s in result["sizes"]:
@@ -392,6 +444,8 @@ def print_tables(result: dict) -> None:
             f"(<= {TARGET_P99_MS:.0f}: {'met' if t['p99_met'] else 'NOT met'}), gRPC + pool overhead "
             f"{t['overhead_share']:.1%} (<= {TARGET_OVERHEAD:.0%}: {'met' if t['overhead_met'] else 'NOT met'})"
         )
+        floors = ", ".join(f"concurrency {c}: {share:.1%}" for c, share in t["grpc_floor_share"].items())
+        print(f"the gRPC floor alone, as a share of the service's end-to-end time: {floors}")
 
 
 def plot(result: dict, path: Path) -> None:
@@ -419,6 +473,11 @@ def plot(result: dict, path: Path) -> None:
         values = np.array([r["shares"].get(part, 0.0) for _, r in bars])
         share.bar(labels, values, bottom=bottom, label=part, color=f"C{n}")
         bottom += values
+    floors = [
+        (label, 1 - r["grpc_floor"]["share_of_service_e2e"]) for label, (_, r) in zip(labels, bars) if "grpc_floor" in r
+    ]
+    if floors:
+        share.scatter(*zip(*floors), marker="_", s=500, color="k", label="gRPC floor: above the line")
     share.set(ylabel="share of end-to-end time", ylim=(0, 1.3), title="Where a Recommend call's time goes")
     share.tick_params(axis="x", labelsize=7)
     share.legend(fontsize=7, ncol=3, loc="upper center")
