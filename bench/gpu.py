@@ -17,7 +17,8 @@ having run nothing and written nothing.
    batch 1 and 64, 500 queries (as the CPU figure at 1M), 2 timed rounds of 0.3 s per setting.
 3. recommend (bench/recommend.py's `run_size`) at `--recommend-sizes`: the served `Flat` index on
    the GPUs (`index.use_gpu auto`), GPU encoder replicas, concurrency 1 / 8 / 32, 600 requests per
-   level, 300 users; its in-process baseline searches a FaissIndex on the GPUs too.
+   level and round, `--rounds` rounds, 300 users; its in-process baseline searches a FaissIndex on
+   the GPUs too, and its gRPC floor (bench/grpc_floor.py) runs beside it as on the CPU.
 
 The CPU figures are read from bench/results/ as they are (encode.json; index-1m.json, index.json;
 recommend.json and recommend-hnsw32.json; with --quick the *-quick.json files first), and each GPU
@@ -190,15 +191,13 @@ def index_step(args, catalogue, movie_ids) -> dict:
     }
 
 
-def recommend_step(args, gpus: int, catalogue, movie_ids, log: Path) -> dict:
-    """bench/recommend.py's measurement, the served index and the in-process baseline on the GPUs."""
-    from bertrec.movielens import bundled_path, read_movies
-
-    titles = [m.text for m in read_movies(bundled_path())]  # the order real_vectors encoded them in
-    settings = argparse.Namespace(
+def recommend_settings(args, gpus: int, log: Path) -> argparse.Namespace:
+    """What bench/recommend.py's `run_size` reads from its command line, for the GPU run."""
+    return argparse.Namespace(
         sizes=args.recommend_sizes,
         concurrency=[1, 8, 32],
         requests=200 if args.quick else 600,
+        rounds=1 if args.quick else args.rounds,
         replicas=[gpus],  # one replica per GPU: a GPU replica takes a whole GPU
         replica_size=0,
         users=100 if args.quick else 300,
@@ -206,6 +205,14 @@ def recommend_step(args, gpus: int, catalogue, movie_ids, log: Path) -> dict:
         use_gpu="auto",
         log=log,
     )
+
+
+def recommend_step(args, gpus: int, catalogue, movie_ids, log: Path) -> dict:
+    """bench/recommend.py's measurement, the served index and the in-process baseline on the GPUs."""
+    from bertrec.movielens import bundled_path, read_movies
+
+    titles = [m.text for m in read_movies(bundled_path())]  # the order real_vectors encoded them in
+    settings = recommend_settings(args, gpus, log)
     began = time.perf_counter()
     histories = index_bench.user_histories()
     sizes = [recommend_bench.run_size(n, settings, catalogue, movie_ids, titles, histories) for n in settings.sizes]
@@ -373,7 +380,7 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="encode: alternating rounds (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="encode and recommend: alternating rounds")
     parser.add_argument("--index-sizes", default="1000000", help="index: catalogue sizes, comma-separated")
     parser.add_argument("--index-queries", type=int, default=500, help="index: query vectors")
     parser.add_argument("--recommend-sizes", default="100000,1000000", help="recommend: catalogue sizes")

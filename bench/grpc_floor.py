@@ -47,14 +47,18 @@ def serve(port: int, sample: dict) -> None:
     from bertrec.server.observability import REQUEST_ID_KEY
     from bertrec.v1 import recommender_pb2 as pb
 
-    # Parsed once and serialized per call, as the service builds and serializes its messages.
-    responses = [pb.RecommendResponse.FromString(base64.b64decode(m)) for m in sample["messages"]]
+    # Parsed once; each call's copies carry its own request id and are serialized per call, as the
+    # service builds and serializes its messages.
+    templates = [pb.RecommendResponse.FromString(base64.b64decode(m)) for m in sample["messages"]]
     trailers = tuple((k, v) for k, v in sample["trailers"] if k != REQUEST_ID_KEY)
 
     async def recommend(request, context):
         request_id = dict(context.invocation_metadata()).get(REQUEST_ID_KEY)
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *trailers) if request_id else trailers)
-        for response in responses:
+        for template in templates:
+            response = pb.RecommendResponse()
+            response.CopyFrom(template)
+            response.request_id = request.request_id
             yield response
 
     async def main() -> None:
@@ -90,12 +94,17 @@ class ServedFloor:
                     break
                 except grpc.FutureTimeoutError:
                     if self.proc.poll() is not None or time.monotonic() > deadline:
-                        self.proc.kill()
-                        raise RuntimeError(f"the gRPC floor server did not start (exit {self.proc.poll()})") from None
+                        self.stop()
+                        exit_code = self.proc.returncode
+                        raise RuntimeError(f"the gRPC floor server did not start (exit {exit_code})") from None
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def main() -> int:

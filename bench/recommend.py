@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -312,26 +313,30 @@ def run_size(n: int, args, catalogue: Catalogue, movie_ids: np.ndarray, titles: 
     query = {u: convert.recommend_query_to_pb(RecommendQuery(UserQuery(user_id=u), k=K)) for u in users}
     warm = list(query.values())
     requests = [warm[i % len(warm)] for i in range(args.requests)]
-    runs, memory, floor_rounds = [], [], {c: [] for c in args.concurrency}
+    runs, memory = [], []
     with tempfile.TemporaryDirectory(prefix="bertrec-bench-recommend-") as tmp:
         data = Path(tmp) / "data"
         began = time.perf_counter()
         write_store(data, vectors, bases, titles, users)
         write_s = time.perf_counter() - began
-        for replicas in args.replicas if n == args.replica_size else args.replicas[:1]:
+        for position, replicas in enumerate(args.replicas if n == args.replica_size else args.replicas[:1]):
             # The first start builds the index from the stored vectors; later ones load its snapshot.
+            # The first also runs every level, the in-process baseline and the gRPC floor.
+            first = position == 0
             extra = ("--no-demo", "--replicas", str(replicas), "--index", args.index)
-            server = ServedBertrec(data, *extra, log=args.log, env={"BERTREC_INDEX_USE_GPU": args.use_gpu})
-            floor = None
-            try:
+            with contextlib.ExitStack() as running:  # stops the floor, then the server, whatever happens
+                server = ServedBertrec(data, *extra, log=args.log, env={"BERTREC_INDEX_USE_GPU": args.use_gpu})
+                running.callback(server.stop)
                 asyncio.run(drive(server.target, warm, 8, f"warm-{n}"))  # every user once: warm user cache
-                first = replicas == args.replicas[0]
+                floor = None
                 if first:
                     sample = asyncio.run(grpc_floor.capture(server.target, warm[0]))
                     floor = grpc_floor.ServedFloor(grpc_floor.write_sample(Path(tmp) / "floor.json", sample))
+                    running.callback(floor.stop)
                     asyncio.run(drive(floor.target, requests[:200], 8, f"floor-warm-{n}"))
                 levels = args.concurrency if first else [TARGET_CONCURRENCY]
                 rounds: dict[int, list[dict]] = {c: [] for c in levels}
+                floor_rounds: dict[int, list[dict]] = {c: [] for c in levels}
                 for r in range(args.rounds):  # levels interleaved, so a slow spell hits every level
                     if first:
                         in_process.round(args.requests)
@@ -340,20 +345,17 @@ def run_size(n: int, args, catalogue: Catalogue, movie_ids: np.ndarray, titles: 
                         rounds[c].append(asyncio.run(drive(server.target, requests, c, tag)))
                         if floor is not None:
                             floor_rounds[c].append(asyncio.run(drive(floor.target, requests, c, f"floor-{tag}")))
-                runs += [{"replicas": replicas, **summarise(c, rounds[c])} for c in levels]
-                memory.append({"replicas": replicas, "start_s": server.started_s, **tree_memory_mib(server.proc.pid)})
-            finally:
-                server.stop()
+                level_runs = [{"replicas": replicas, **summarise(c, rounds[c])} for c in levels]
                 if floor is not None:
-                    floor.stop()
+                    for run in level_runs:
+                        run["grpc_floor"] = floor_summary(floor_rounds[run["concurrency"]], run)
+                runs += level_runs
+                memory.append({"replicas": replicas, "start_s": server.started_s, **tree_memory_mib(server.proc.pid)})
     baseline = in_process.summary()
     lowest = min((r for r in runs if r["replicas"] == args.replicas[0]), key=lambda r: r["concurrency"])
     baseline["service_p50_over_in_process"] = lowest["p50_ms"] / baseline["p50_ms"]
     baseline["service_rps_over_in_process"] = lowest["rps"] / baseline["rps"]
     baseline["service_concurrency"] = lowest["concurrency"]
-    for run in runs:
-        if run["replicas"] == args.replicas[0]:
-            run["grpc_floor"] = floor_summary(floor_rounds[run["concurrency"]], run)
     return {
         "items": n,
         "users": len(users),
@@ -495,7 +497,7 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes, comma-separated")
     parser.add_argument("--concurrency", default="1,8,32", help="concurrent callers, comma-separated")
@@ -510,7 +512,11 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2k and 5k items, 200 requests, 100 users")
     parser.add_argument("--out", default="", help="result name (default recommend, or recommend-quick)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     if os.environ.get("BERTREC_MODEL_PATH") or os.environ.get("BERTREC_MODEL_QUANTIZE", "none") != "none":
         # The stored vectors are the packaged fp32 model's: another model would re-encode every item.
         raise SystemExit("unset BERTREC_MODEL_PATH / BERTREC_MODEL_QUANTIZE: the catalogue is pre-encoded")

@@ -3,6 +3,8 @@ work on result files of the shapes the CPU benchmarks write."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from bench import gpu
@@ -36,3 +38,14 @@ def test_cpu_figures_compared_with_themselves(tmp_path, capsys):
     assert "GPU better by" in capsys.readouterr().out
     gpu.plot(rows, "test", tmp_path / "gpu.png")
     assert (tmp_path / "gpu.png").stat().st_size > 0
+
+
+def test_recommend_step_gives_run_size_every_setting_the_recommend_benchmark_has(tmp_path):
+    # run_size reads its command-line namespace; the GPU run builds its own and must lack nothing.
+    from bench import recommend
+
+    wanted = set(vars(recommend.build_parser().parse_args([]))) - {"quick", "out"}
+    args = argparse.Namespace(recommend_sizes=[5000], quick=False, rounds=2)
+    settings = vars(gpu.recommend_settings(args, gpus=1, log=tmp_path / "server.log"))
+    assert wanted <= set(settings), f"missing: {sorted(wanted - set(settings))}"
+    assert settings["rounds"] == 2 and settings["replicas"] == [1] and settings["use_gpu"] == "auto"
