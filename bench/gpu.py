@@ -119,8 +119,9 @@ def nvidia_smi() -> dict[str, str]:
 # ---------------------------------------------------------------- the three steps
 
 
-def encode_step(args, gpus: int, log: Path) -> dict:
-    """bench/encode.py's service-vs-in-process measurement, GPU replicas vs in-process fp16 on cuda."""
+def encode_step(args, gpus: int, log: Path, device: str = "cuda") -> dict:
+    """bench/encode.py's service-vs-in-process measurement, GPU replicas vs in-process fp16 on cuda.
+    (`device` "cpu" rehearses the step without a GPU, in fp32: tests only.)"""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -128,15 +129,17 @@ def encode_step(args, gpus: int, log: Path) -> dict:
 
     counts = QUICK_TEXTS if args.quick else TEXTS
     rounds = 1 if args.quick else args.rounds
-    model = SentenceTransformer(default_model_path(), device="cuda").half()  # as the replicas: fp16 on CUDA
+    model = SentenceTransformer(default_model_path(), device=device)
+    if device.startswith("cuda"):
+        model = model.half()  # as the replicas: fp16 on CUDA
     texts, token_means = measurement_texts(model.tokenizer, counts)
     model.encode(texts["short"][:64])  # warm-up
-    same_runtime = BertEncoder(default_model_path(), "cuda")  # the replicas' own encoder: torch fp16
+    same_runtime = BertEncoder(default_model_path(), device)  # the replicas' own encoder (torch fp16 on CUDA)
     same_runtime.encode_items(texts["short"][:64])
     raw: dict = {length: defaultdict(list) for length in texts}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp) / "gpu", log, gpus, 1, "--device", "cuda")
+        server = Server(Path(tmp) / "gpu", log, gpus, 1, "--device", device)
         try:
             service_rate(server, texts["short"][:32], 8, 1)  # warm-up: the replicas' first calls
             for r in range(rounds):
@@ -148,12 +151,13 @@ def encode_step(args, gpus: int, log: Path) -> dict:
     dtype = str(next(model.parameters()).dtype)
     del model, same_runtime
     gc.collect()
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return {
         "setup": {
-            "in_process": f"sentence-transformers encode on cuda, {dtype} (model.half()), batch_size 64",
-            "in_process_same_runtime": "BertEncoder on cuda (torch fp16, as the replicas), all texts in one call",
-            "service": f"bertrec serve --no-demo --device cuda --replicas {gpus} (fp16 on CUDA), default batching",
+            "in_process": f"sentence-transformers encode on {device}, {dtype}, batch_size 64",
+            "in_process_same_runtime": f"BertEncoder on {device} (as the replicas), all texts in one call",
+            "service": f"bertrec serve --no-demo --device {device} --replicas {gpus}, default batching",
             "texts_per_measurement": counts,
             "rounds": rounds,
             "run_s": time.perf_counter() - began,

@@ -1,11 +1,12 @@
-"""bench/gpu.py's index and recommend steps rehearsed on the CPU: its `use_gpu auto` settings fall
-back to CPU indexes here, so everything but the GPU itself runs (the real index and Recommend
-benchmarks at the --quick sizes, a served bertrec, the gRPC floor, the comparison and the plot).
-A GPU session is short: the script must not first meet its own wiring there. The encode step needs
-sentence-transformers on CUDA and is not rehearsed."""
+"""bench/gpu.py rehearsed on the CPU. Its index and recommend steps run through `main --quick` with
+the GPU settings (`use_gpu auto`) falling back to CPU indexes; the encode step runs with device
+"cpu" in place of "cuda". Everything but the GPU itself runs: the real benchmarks at the --quick
+sizes, served bertrecs, the gRPC floor, the comparison and the plot. A GPU session is short: the
+script must not first meet its own wiring there."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import faiss
@@ -53,3 +54,15 @@ def test_index_and_recommend_steps_run_end_to_end(tmp_path, monkeypatch, capsys)
     gpu.plot(rows, "rehearsal", tmp_path / "comparison.png")
     gpu.print_table(rows)
     assert (tmp_path / "comparison.png").stat().st_size > 0
+
+
+def test_encode_step_runs_end_to_end_on_the_cpu(tmp_path):
+    # The step's GPU run with device "cpu": the served replicas and both in-process baselines on
+    # this machine in fp32, the --quick texts, one round.
+    args = argparse.Namespace(quick=True, rounds=3)
+    step = gpu.encode_step(args, gpus=1, log=tmp_path / "server.log", device="cpu")
+    assert step["setup"]["rounds"] == 1 and "--device cpu" in step["setup"]["service"]
+    rows = gpu.encode_figures(step, [("self", step)])
+    assert {length for length in step["summary"]} == {"short", "medium", "long"}
+    assert all(row["gpu"] > 0 and row["speedup"] == pytest.approx(1.0) for row in rows)
+    assert len(rows) == 3 * (1 + 2 * 3)  # per length: in-process, and 1 / 8 / 32 callers x 1 / 16 texts
