@@ -390,9 +390,6 @@ def target(result: dict) -> dict | None:
         "grpc_floor_share": {
             r["concurrency"]: r["grpc_floor"]["share_of_service_e2e"] for r in size["runs"] if "grpc_floor" in r
         },
-        "overhead_share_by_concurrency": {
-            r["concurrency"]: r["overhead_share"] for r in size["runs"] if r["replicas"] == run["replicas"]
-        },
     }
 
 
