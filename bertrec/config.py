@@ -54,6 +54,10 @@ class ServerConfig:
     max_concurrent_rpcs: int = 256
     """RPCs handled at once by this front end; more are refused at once with RESOURCE_EXHAUSTED
     (pushback the caller can act on) instead of queueing into timeouts. Health probes are exempt."""
+    worker_nice: int = 10
+    """How many nice levels (0-19, Linux) below the event loop the front end's worker threads run
+    (FAISS searches, store reads, index builds). The loop carries gRPC itself, so under load calls
+    are accepted and answered before more search work runs; 0 = the same priority."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,9 @@ class WorkersConfig:
     """Empty = start a local Ray; "auto" or host:port joins an existing cluster."""
     ray_num_cpus: int = 0
     """CPUs a local Ray may use; 0 = all."""
+    ray_dashboard: bool = False
+    """Start Ray's dashboard with a local Ray: ten more processes, about 0.9 GB of resident memory
+    on this kind of machine. A cluster joined through ray_address keeps what `ray start` gave it."""
     namespace: str = "bertrec"
     """Ray namespace of the named actors (shared encoder replicas, index shards)."""
     pool_name: str = ""
@@ -298,6 +305,8 @@ def validate_config(config: Config) -> None:
         raise ValueError("index: nprobe >= 0 and ef_search >= 0 (0 = auto, from the index size)")
     if s.max_concurrent_rpcs < 1:
         raise ValueError("server.max_concurrent_rpcs must be positive")
+    if not 0 <= s.worker_nice <= 19:
+        raise ValueError(f"server.worker_nice must be between 0 and 19, got {s.worker_nice}")
     if bool(config.auth.tls_cert) != bool(config.auth.tls_key):
         raise ValueError("auth.tls_cert and auth.tls_key go together")
     r = config.rerank

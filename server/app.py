@@ -23,6 +23,7 @@ from bertrec.server.observability import ObservabilityInterceptor
 from bertrec.server.registration import generic_handler
 from bertrec.server.servicers import AdminServicer, CatalogServicer, EmbedderServicer, RecommenderServicer
 from bertrec.server.state import ServiceState
+from bertrec.server.worker_threads import worker_executor
 from bertrec.v1 import recommender_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ class BertrecServer:
     async def start(self) -> None:
         """Start answering (health NOT_SERVING), load model and index, then flip to SERVING."""
         await self._set_health(False)
-        self.metrics.watch(self.state, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(worker_executor(self.config.server.worker_nice))
+        self.metrics.watch(self.state, loop)
         await self.server.start()
         logger.info("listening on %s:%d; loading model and index", self.config.server.host, self.port)
         await self.state.start()

@@ -73,6 +73,7 @@ def ensure_ray(workers: WorkersConfig) -> None:
         return
     if workers.ray_num_cpus:
         kwargs["num_cpus"] = workers.ray_num_cpus
+    kwargs["include_dashboard"] = workers.ray_dashboard
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         before = _child_pids()
         try:

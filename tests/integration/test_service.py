@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 
 import grpc
 import numpy as np
@@ -40,6 +43,20 @@ def test_info_reports_model_replicas_and_sizes(service):
     assert info.index_type == "Flat" and info.index_device == "cpu"
     assert info.index_size == info.item_count == len(items)
     assert info.interaction_count == len(ratings)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_blocking_work_runs_below_the_event_loops_priority(service):
+    """Searches and store reads go through the loop's default executor (`asyncio.to_thread`); its
+    threads run `server.worker_nice` (10 by default) levels below the loop that carries gRPC."""
+    server, client = service
+    assert list(client.recommend(catalogue()[1][0].user_id, k=3))  # a search, in a worker thread
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    loop_nice = os.getpriority(os.PRIO_PROCESS, server.thread.native_id)
+    assert server.call(asyncio.to_thread(nice)) == min(loop_nice + 10, 19)
 
 
 def test_recommend_streams_complete_ordered_unseen_results(service):

@@ -48,6 +48,8 @@ def test_config_file_from_environment(tmp_path):
         {"BERTREC_RERANK_EASE_MAX_ITEMS": "0"},
         {"BERTREC_RERANK_NEIGHBOUR_CANDIDATES": "-1"},
         {"BERTREC_MODEL_RUNTIME": "tensorrt"},
+        {"BERTREC_SERVER_WORKER_NICE": "20"},
+        {"BERTREC_SERVER_WORKER_NICE": "-1"},
     ],
 )
 def test_bad_values_are_refused(env):

@@ -74,3 +74,11 @@ def test_other_failures_and_cluster_addresses_are_not_retried(fake_ray):
         pool.ensure_ray(WorkersConfig(ray_address="10.0.0.1:6379"))
     assert len(ray.calls) == 1 and ray.calls[0]["address"] == "10.0.0.1:6379"
     ray.leftovers[0].kill()
+
+
+def test_a_local_ray_starts_without_its_dashboard_unless_asked(fake_ray):
+    ray = fake_ray([None, None, None])
+    pool.ensure_ray(WorkersConfig())
+    pool.ensure_ray(WorkersConfig(ray_dashboard=True))
+    pool.ensure_ray(WorkersConfig(ray_address="auto"))  # a joined cluster keeps what `ray start` gave it
+    assert [call.get("include_dashboard") for call in ray.calls] == [False, True, None]
