@@ -20,6 +20,7 @@ RUNTIMES = ("auto", "torch", "onnx", "openvino")
 MAX_BATCH_SIZE_LIMIT = 4096
 MAX_WAIT_S_LIMIT = 1.0
 MAX_BATCH_TOKENS_LIMIT = 262_144  # 2,048 texts of 128 tokens
+MAX_WORKER_NICE = 14  # one above Ray's worker processes (RAY_worker_niceness, 15 by default)
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ class ServerConfig:
     """RPCs handled at once by this front end; more are refused at once with RESOURCE_EXHAUSTED
     (pushback the caller can act on) instead of queueing into timeouts. Health probes are exempt."""
     worker_nice: int = 10
-    """How many nice levels (0-19, Linux) below the event loop the front end's worker threads run
+    """How many nice levels (0-14, Linux) below the event loop the front end's worker threads run
     (FAISS searches, store reads, index builds). The loop carries gRPC itself, so under load calls
-    are accepted and answered before more search work runs; 0 = the same priority."""
+    are accepted and answered before more search work runs; 0 = the same priority. At most 14:
+    Ray runs encoder replicas at nice 15, and a search must not wait behind an encode."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ class WorkersConfig:
     ray_num_cpus: int = 0
     """CPUs a local Ray may use; 0 = all."""
     ray_dashboard: bool = False
-    """Start Ray's dashboard with a local Ray: ten more processes, about 0.9 GB of resident memory
+    """Start Ray's dashboard with a local Ray: about ten more processes and 0.9 GB of resident memory
     on this kind of machine. A cluster joined through ray_address keeps what `ray start` gave it."""
     namespace: str = "bertrec"
     """Ray namespace of the named actors (shared encoder replicas, index shards)."""
@@ -305,8 +307,11 @@ def validate_config(config: Config) -> None:
         raise ValueError("index: nprobe >= 0 and ef_search >= 0 (0 = auto, from the index size)")
     if s.max_concurrent_rpcs < 1:
         raise ValueError("server.max_concurrent_rpcs must be positive")
-    if not 0 <= s.worker_nice <= 19:
-        raise ValueError(f"server.worker_nice must be between 0 and 19, got {s.worker_nice}")
+    if not 0 <= s.worker_nice <= MAX_WORKER_NICE:
+        raise ValueError(
+            f"server.worker_nice must be between 0 and {MAX_WORKER_NICE} (Ray's worker processes run at 15), "
+            f"got {s.worker_nice}"
+        )
     if bool(config.auth.tls_cert) != bool(config.auth.tls_key):
         raise ValueError("auth.tls_cert and auth.tls_key go together")
     r = config.rerank

@@ -48,15 +48,19 @@ def test_info_reports_model_replicas_and_sizes(service):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_blocking_work_runs_below_the_event_loops_priority(service):
     """Searches and store reads go through the loop's default executor (`asyncio.to_thread`); its
-    threads run `server.worker_nice` (10 by default) levels below the loop that carries gRPC."""
+    threads run `server.worker_nice` levels below the loop that carries gRPC."""
     server, client = service
+    by = server.server.config.server.worker_nice
+    assert by > 0  # the default
     assert list(client.recommend(catalogue()[1][0].user_id, k=3))  # a search, in a worker thread
 
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    def nice(native_id: int) -> int:
+        return os.getpriority(os.PRIO_PROCESS, native_id)
 
-    loop_nice = os.getpriority(os.PRIO_PROCESS, server.thread.native_id)
-    assert server.call(asyncio.to_thread(nice)) == min(loop_nice + 10, 19)
+    expected = min(nice(server.thread.native_id) + by, 19)
+    assert server.call(asyncio.to_thread(lambda: nice(threading.get_native_id()))) == expected
+    workers = [t for t in threading.enumerate() if t.name.startswith("bertrec-worker")]
+    assert workers and all(nice(t.native_id) == expected for t in workers)
 
 
 def test_recommend_streams_complete_ordered_unseen_results(service):

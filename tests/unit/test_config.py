@@ -48,7 +48,7 @@ def test_config_file_from_environment(tmp_path):
         {"BERTREC_RERANK_EASE_MAX_ITEMS": "0"},
         {"BERTREC_RERANK_NEIGHBOUR_CANDIDATES": "-1"},
         {"BERTREC_MODEL_RUNTIME": "tensorrt"},
-        {"BERTREC_SERVER_WORKER_NICE": "20"},
+        {"BERTREC_SERVER_WORKER_NICE": "15"},  # would sink searches to the encoders' level
         {"BERTREC_SERVER_WORKER_NICE": "-1"},
     ],
 )
