@@ -157,6 +157,8 @@ class RayEncoderPool:
 
         from bertrec.workers.replica import EncoderReplica, batching_file, write_batching, write_model_pointer
 
+        # On the event loop's thread, not in a worker thread: a local Ray's processes inherit the
+        # starting thread's priority, and they must not take the workers' lower one.
         ensure_ray(self.workers_config)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = self._replica_count(gpus)

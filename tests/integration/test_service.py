@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bertrec.client import AsyncClient, Client, Item, NotFound
+from bertrec.server.worker_threads import MAX_NICE
 from bertrec.types import RecommendQuery, Stage, UserQuery
 from tests.integration.helpers import catalogue, make_config
 
@@ -57,7 +58,7 @@ def test_blocking_work_runs_below_the_event_loops_priority(service):
     def nice(native_id: int) -> int:
         return os.getpriority(os.PRIO_PROCESS, native_id)
 
-    expected = min(nice(server.thread.native_id) + by, 19)
+    expected = min(nice(server.thread.native_id) + by, MAX_NICE)
     assert server.call(asyncio.to_thread(lambda: nice(threading.get_native_id()))) == expected
     workers = [t for t in threading.enumerate() if t.name.startswith("bertrec-worker")]
     assert workers and all(nice(t.native_id) == expected for t in workers)
